@@ -1,0 +1,35 @@
+"""Outbound gRPC: every service-to-service call goes through Envoy's mesh listener.
+
+Envoy picks the upstream cluster by the call's `:authority`, which is the target service's name
+(`user-svc`, `chat-svc`, ...). A gateway instance is addressed directly: authority `gateway` plus
+the `x-chatmesh-gateway-addr` header naming the instance, which Envoy's original-destination
+cluster routes to (see envoy/render.py).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+GATEWAY_ADDR_HEADER = "x-chatmesh-gateway-addr"
+
+# Authorities, one per service; Envoy's virtual hosts use the same names.
+USER = "user-svc"
+CHAT = "chat-svc"
+PRESENCE = "presence-svc"
+NOTIFY = "notify-svc"
+PERSISTER = "persister"
+GATEWAY = "gateway"
+
+_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def mesh_channel(mesh_addr: str, authority: str) -> grpc.aio.Channel:
+    """A channel to `authority` through Envoy at `mesh_addr` (host:port)."""
+    return grpc.aio.insecure_channel(
+        mesh_addr, options=[*_OPTIONS, ("grpc.default_authority", authority)]
+    )
