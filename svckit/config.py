@@ -94,9 +94,13 @@ class ServiceConfig:
     """Settings every gRPC service process shares."""
 
     grpc_host: str = setting("CHATMESH_GRPC_HOST", "127.0.0.1", "address the gRPC server binds")
-    grpc_port: int = setting("CHATMESH_GRPC_PORT", 0, "port the gRPC server binds (0: service default)")
+    grpc_port: int = setting(
+        "CHATMESH_GRPC_PORT", 0, "port the gRPC server binds (0: service default)"
+    )
     mesh_addr: str = setting(
-        "CHATMESH_MESH_ADDR", "127.0.0.1:10000", "Envoy's mesh listener, for every outbound gRPC call"
+        "CHATMESH_MESH_ADDR",
+        "127.0.0.1:10000",
+        "Envoy's mesh listener, for every outbound gRPC call",
     )
     rpc_timeout_s: float = setting("CHATMESH_RPC_TIMEOUT_S", 5.0, "deadline of outbound calls")
     grace_s: float = setting(

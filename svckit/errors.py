@@ -114,7 +114,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 await context.abort(
                     exc.code,
                     exc.message,
-                    trailing_metadata=((_DETAILS_KEY, status_details(exc.code, exc.message, exc.reason)),),
+                    trailing_metadata=(
+                        (_DETAILS_KEY, status_details(exc.code, exc.message, exc.reason)),
+                    ),
                 )
             except grpc.aio.AbortError:
                 raise
@@ -124,7 +126,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 await context.abort(
                     code,
                     "internal error",
-                    trailing_metadata=((_DETAILS_KEY, status_details(code, "internal error", "internal")),),
+                    trailing_metadata=(
+                        (_DETAILS_KEY, status_details(code, "internal error", "internal")),
+                    ),
                 )
 
         return grpc.unary_unary_rpc_method_handler(
@@ -132,4 +136,3 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
-

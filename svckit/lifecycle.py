@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from svckit import logs
-from svckit.config import ConfigError, ServiceConfig
+from svckit.config import ConfigError, ServiceConfig, load
 from svckit.errors import ErrorInterceptor
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,11 @@ async def start_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     try:
@@ -105,9 +109,14 @@ async def wait_for_stop_signal() -> None:
 ServiceMain = Callable[[], Coroutine[Any, Any, None]]
 
 
-def run(service: str, main: ServiceMain, log_level: str = "INFO") -> None:
+def run(service: str, main: ServiceMain) -> None:
     """Process entry point: JSON logs, uvloop when present, clean exit codes."""
-    logs.setup(service, log_level)
+    try:
+        logs.setup(service, load(ServiceConfig).log_level)
+    except (ConfigError, ValueError) as exc:
+        logs.setup(service)
+        log.error(str(exc))
+        sys.exit(2)
     try:
         import uvloop
 

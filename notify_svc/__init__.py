@@ -1,0 +1,1 @@
+"""notify_svc: push to offline devices, with retries and collapse."""

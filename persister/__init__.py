@@ -1,0 +1,1 @@
+"""persister: the Kafka consumer group that writes messages into the message store."""
