@@ -10,7 +10,7 @@ from chatmesh.presence.v1 import presence_pb2, presence_pb2_grpc
 
 from presence_svc.logic import Policy
 from presence_svc.store import PresenceStore
-from svckit.errors import InvalidArgument
+from svckit.errors import Context, InvalidArgument
 
 Clock = Callable[[], int]
 
@@ -32,7 +32,7 @@ class PresenceServicer(presence_pb2_grpc.PresenceServiceServicer):
         self.clock = clock
 
     async def RegisterConnection(
-        self, request: presence_pb2.RegisterConnectionRequest, context: grpc.aio.ServicerContext
+        self, request: presence_pb2.RegisterConnectionRequest, context: Context
     ) -> presence_pb2.RegisterConnectionResponse:
         _check(request.connection)
         now = self.clock()
@@ -41,7 +41,7 @@ class PresenceServicer(presence_pb2_grpc.PresenceServiceServicer):
         return presence_pb2.RegisterConnectionResponse(expires_at_ms=expires)
 
     async def UnregisterConnection(
-        self, request: presence_pb2.UnregisterConnectionRequest, context: grpc.aio.ServicerContext
+        self, request: presence_pb2.UnregisterConnectionRequest, context: Context
     ) -> presence_pb2.UnregisterConnectionResponse:
         if not request.user_id or not request.connection_id:
             raise InvalidArgument("user_id and connection_id are required")
@@ -49,7 +49,7 @@ class PresenceServicer(presence_pb2_grpc.PresenceServiceServicer):
         return presence_pb2.UnregisterConnectionResponse(removed=removed)
 
     async def RefreshConnections(
-        self, request: presence_pb2.RefreshConnectionsRequest, context: grpc.aio.ServicerContext
+        self, request: presence_pb2.RefreshConnectionsRequest, context: Context
     ) -> presence_pb2.RefreshConnectionsResponse:
         for conn in request.connections:
             _check(conn)
@@ -59,13 +59,13 @@ class PresenceServicer(presence_pb2_grpc.PresenceServiceServicer):
         return presence_pb2.RefreshConnectionsResponse(refreshed=count)
 
     async def GetConnections(
-        self, request: presence_pb2.GetConnectionsRequest, context: grpc.aio.ServicerContext
+        self, request: presence_pb2.GetConnectionsRequest, context: Context
     ) -> presence_pb2.GetConnectionsResponse:
         conns = await self.store.live(list(request.user_ids), self.clock())
         return presence_pb2.GetConnectionsResponse(connections=conns)
 
     async def GetLastSeen(
-        self, request: presence_pb2.GetLastSeenRequest, context: grpc.aio.ServicerContext
+        self, request: presence_pb2.GetLastSeenRequest, context: Context
     ) -> presence_pb2.GetLastSeenResponse:
         if not request.user_id:
             raise InvalidArgument("user_id is required")

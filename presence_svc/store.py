@@ -73,7 +73,7 @@ class PresenceStore:
                     await pipe.execute()
             if live_ids:
                 for raw in await self.client.hmget(conn_key, live_ids):
-                    if raw is not None:
+                    if isinstance(raw, bytes):
                         result.append(presence_pb2.Connection.FromString(raw))
         return result
 

@@ -74,40 +74,46 @@ def status_details(code: grpc.StatusCode, message: str, reason: str) -> bytes:
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))
     status = status_pb2.Status(code=code.value[0], message=message, details=[info])
-    return status.SerializeToString()
+    return bytes(status.SerializeToString())
 
 
 def reason_of(error: grpc.aio.AioRpcError) -> str | None:
     """The ErrorInfo reason a chatmesh service attached to `error`, if any."""
-    for key, value in error.trailing_metadata() or ():
+    metadata: Any = error.trailing_metadata() or ()
+    for key, value in metadata:
         if key == _DETAILS_KEY and isinstance(value, bytes):
             status = status_pb2.Status.FromString(value)
             for detail in status.details:
                 if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
                     info = error_details_pb2.ErrorInfo()
                     detail.Unpack(info)
-                    return info.reason
+                    return str(info.reason)
     return None
 
 
-Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+Context = grpc.aio.ServicerContext[Any, Any]
+"""The servicer context type every chatmesh servicer method takes."""
+
+Handler = Callable[[Any, Context], Awaitable[Any]]
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Maps DomainError to its status with ErrorInfo; hides everything else behind INTERNAL."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        inner: Handler = handler.unary_unary
+        inner: Handler = handler.unary_unary  # type: ignore[assignment]
         method = handler_call_details.method
 
-        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def guarded(request: Any, context: Context) -> Any:
             try:
                 return await inner(request, context)
             except DomainError as exc:

@@ -44,7 +44,7 @@ class Server:
     """A started gRPC server with its health servicer and shutdown hooks."""
 
     server: grpc.aio.Server
-    health: health.aio.HealthServicer
+    health: health.aio.HealthServicer  # type: ignore[name-defined]
     port: int
     cleanups: list[Cleanup] = field(default_factory=list)
 
@@ -66,12 +66,12 @@ async def start_server(
     host: str,
     port: int,
     register: Callable[[grpc.aio.Server], Iterable[str]],
-    interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    interceptors: Iterable[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> Server:
     """Bind and start a server; `register` adds servicers and returns their full service names."""
     server = grpc.aio.server(interceptors=[ErrorInterceptor(), *interceptors])
     names = list(register(server))
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [
