@@ -1,0 +1,1 @@
+"""Message store implementations: PostgreSQL (the embedded default) and ScyllaDB."""
