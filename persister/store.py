@@ -44,8 +44,13 @@ class SyncPage:
 
 
 class MessageStore(Protocol):
-    async def apply(self, records: Sequence[LogRecord]) -> None:
-        """Store a batch idempotently and advance the applied offsets, all or nothing."""
+    async def apply(
+        self, records: Sequence[LogRecord], next_offsets: Mapping[tuple[str, int], int]
+    ) -> None:
+        """Store a batch idempotently and advance the applied offsets, all or nothing.
+
+        `next_offsets` is, per (topic, partition), the offset after the batch: it covers records
+        the writer skipped as well, so a bad record never holds a sync barrier back."""
 
     async def applied_offsets(self, topic: str) -> dict[int, int]:
         """Per partition, the next log offset not yet applied."""

@@ -123,8 +123,10 @@ class PostgresMessageStore:
     def _connected(self) -> Any:
         return pg.connected(self._pool, "message store")
 
-    async def apply(self, records: Sequence[LogRecord]) -> None:
-        if not records:
+    async def apply(
+        self, records: Sequence[LogRecord], next_offsets: Mapping[tuple[str, int], int]
+    ) -> None:
+        if not records and not next_offsets:
             return
         messages = {r.message.msg_id: r.message for r in records}
         latest: dict[tuple[str, str], tuple[str, int]] = {}
@@ -133,7 +135,7 @@ class PostgresMessageStore:
                 key = (user, m.conversation_id)
                 if key not in latest or latest[key][1] < m.msg_id:
                     latest[key] = (peer, m.msg_id)
-        offsets: dict[tuple[str, int], int] = {}
+        offsets = dict(next_offsets)
         for r in records:
             offsets[r.topic, r.partition] = max(
                 offsets.get((r.topic, r.partition), 0), r.offset + 1

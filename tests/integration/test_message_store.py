@@ -63,9 +63,9 @@ def records(
 
 async def test_replayed_batch_stores_nothing_twice(store: MessageStore) -> None:
     batch = [msg("alice", "bob", f"m{i}") for i in range(5)]
-    await store.apply(records(batch))
-    await store.apply(records(batch))  # a replay after a crash before the commit
-    await store.apply(records(batch[2:], start=2))
+    await store.apply(records(batch), {})
+    await store.apply(records(batch), {})  # a replay after a crash before the commit
+    await store.apply(records(batch[2:], start=2), {})
     got = await store.history(batch[0].conversation_id, 0, 100)
     assert [m.msg_id for m in got] == [m.msg_id for m in reversed(batch)]
     assert got[0] == batch[-1]
@@ -73,15 +73,17 @@ async def test_replayed_batch_stores_nothing_twice(store: MessageStore) -> None:
 
 
 async def test_applied_offsets_never_move_back(store: MessageStore) -> None:
-    await store.apply(records([msg("a1", "b1")], start=40, partition=3))
-    await store.apply(records([msg("a1", "b1")], start=10, partition=3))
-    await store.apply(records([msg("a1", "b1")], start=7, partition=5))
-    assert (await store.applied_offsets(TOPIC)) == {3: 41, 5: 8}
+    await store.apply(records([msg("a1", "b1")], start=40, partition=3), {})
+    await store.apply(records([msg("a1", "b1")], start=10, partition=3), {})
+    await store.apply(records([msg("a1", "b1")], start=7, partition=5), {})
+    # A batch of records the writer skipped still moves its partition on.
+    await store.apply([], {(TOPIC, 6): 12})
+    assert (await store.applied_offsets(TOPIC)) == {3: 41, 5: 8, 6: 12}
 
 
 async def test_history_pages_newest_first(store: MessageStore) -> None:
     batch = [msg("carol", "dave", f"m{i}") for i in range(7)]
-    await store.apply(records(batch))
+    await store.apply(records(batch), {})
     conv = batch[0].conversation_id
     first = await store.history(conv, 0, 3)
     assert [m.content for m in first] == ["m6", "m5", "m4"]
@@ -98,7 +100,7 @@ async def test_sync_pages_oldest_first_and_skips_the_devices_own_messages(
     a_to_b = [msg("erin", "frank", f"e{i}") for i in range(3)]
     b_to_a = [msg("frank", "erin", f"f{i}", device="phone") for i in range(2)]
     other = [msg("gina", "frank", f"g{i}") for i in range(2)]
-    await store.apply(records(a_to_b + b_to_a + other))
+    await store.apply(records(a_to_b + b_to_a + other), {})
 
     # frank's phone sent b_to_a itself: sync gives it the rest, oldest first per conversation.
     seen: list[str] = []
@@ -125,7 +127,7 @@ async def test_ack_moves_positions_forward_only_and_sync_resumes_after_it(
     store: MessageStore,
 ) -> None:
     batch = [msg("hank", "iris", f"h{i}") for i in range(4)]
-    await store.apply(records(batch))
+    await store.apply(records(batch), {})
     conv = batch[0].conversation_id
     assert await store.conversation_of(batch[1].msg_id) == conv
     assert await store.conversation_of(1) is None
@@ -141,7 +143,7 @@ async def test_ack_moves_positions_forward_only_and_sync_resumes_after_it(
 async def test_conversations_newest_first_with_unread(store: MessageStore) -> None:
     older = [msg("jack", "kim", "j0"), msg("kim", "jack", "k0"), msg("jack", "kim", "j1")]
     newer = [msg("lee", "kim", "l0")]
-    await store.apply(records(older + newer))
+    await store.apply(records(older + newer), {})
     convs = await store.conversations("kim", 10)
     assert [c.peer_id for c in convs] == ["lee", "jack"]
     assert convs[0].last_message.content == "l0"

@@ -1,0 +1,140 @@
+"""chatmesh.message.v1.MessageStoreService: sync, history and acknowledgements over the store.
+
+The store's one owner serves its reads, so no other service shares its database.
+
+Sync barrier: before reading, a sync takes the log-end offset of every partition of the message
+topic and waits until the store has applied them all. Every message whose `message_ack` went out
+before the sync started (acks=all, so it is below the log end) is then in the store, including
+one the writer had not stored yet when the device reconnected. Waiting is bounded; past the bound
+the call fails UNAVAILABLE and the client syncs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from chatmesh.message.v1 import store_pb2, store_pb2_grpc
+
+from persister import cursor
+from persister.store import MessageStore
+from svckit.conversations import peer_of
+from svckit.errors import Context, InvalidArgument, NotFound, PermissionDenied, Unavailable
+
+EndOffsets = Callable[[], Awaitable[dict[int, int]]]
+
+DEFAULT_SYNC_PAGE = 100
+MAX_SYNC_PAGE = 500
+MAX_HISTORY_PAGE = 100
+DEFAULT_CONVERSATIONS = 100
+MAX_CONVERSATIONS = 500
+
+
+class Barrier:
+    """Waits until the store has applied the log up to its end as of the call."""
+
+    def __init__(
+        self, store: MessageStore, topic: str, end_offsets: EndOffsets, timeout_s: float
+    ) -> None:
+        self.store = store
+        self.topic = topic
+        self.end_offsets = end_offsets
+        self.timeout_s = timeout_s
+
+    async def wait(self) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            ends = await asyncio.wait_for(self.end_offsets(), self.timeout_s)
+        except (TimeoutError, Exception) as exc:
+            raise Unavailable("the message log is unreachable") from exc
+        ends = {p: o for p, o in ends.items() if o > 0}
+        delay = 0.005
+        while True:
+            applied = await self.store.applied_offsets(self.topic)
+            if all(applied.get(p, 0) >= o for p, o in ends.items()):
+                return
+            if time.monotonic() + delay > deadline:
+                raise Unavailable("the message store is catching up; sync again")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
+def _page_size(requested: int, default: int, maximum: int) -> int:
+    if requested < 0 or requested > maximum:
+        raise InvalidArgument(f"page_size must be between 1 and {maximum}", "bad_request")
+    return requested or default
+
+
+class MessageStoreServicer(store_pb2_grpc.MessageStoreServiceServicer):
+    def __init__(self, store: MessageStore, barrier: Barrier) -> None:
+        self.store = store
+        self.barrier = barrier
+
+    async def SyncMessages(
+        self, request: store_pb2.SyncMessagesRequest, context: Context
+    ) -> store_pb2.SyncMessagesResponse:
+        if not request.user_id or not request.device_id:
+            raise InvalidArgument("user_id and device_id are required")
+        limit = _page_size(request.page_size, DEFAULT_SYNC_PAGE, MAX_SYNC_PAGE)
+        positions = cursor.decode(request.cursor)
+        await self.barrier.wait()
+        page = await self.store.sync_page(request.user_id, request.device_id, positions, limit)
+        merged = {**positions, **page.positions}
+        return store_pb2.SyncMessagesResponse(
+            messages=page.messages, cursor=cursor.encode(merged), has_more=page.has_more
+        )
+
+    async def AckMessages(
+        self, request: store_pb2.AckMessagesRequest, context: Context
+    ) -> store_pb2.AckMessagesResponse:
+        if not request.user_id or not request.device_id or not request.msg_id:
+            raise InvalidArgument("user_id, device_id and msg_id are required")
+        conversation = request.conversation_id or await self.store.conversation_of(request.msg_id)
+        if not conversation:
+            # Acknowledged live before the writer stored it: wait for the store, then look again.
+            await self.barrier.wait()
+            conversation = await self.store.conversation_of(request.msg_id)
+        if not conversation:
+            raise NotFound(f"no message {request.msg_id}", "unknown_message")
+        if peer_of(conversation, request.user_id) is None:
+            raise PermissionDenied("not a participant of that conversation")
+        acked = await self.store.ack(
+            request.user_id, request.device_id, conversation, request.msg_id
+        )
+        return store_pb2.AckMessagesResponse(conversation_id=conversation, acked_msg_id=acked)
+
+    async def ListMessages(
+        self, request: store_pb2.ListMessagesRequest, context: Context
+    ) -> store_pb2.ListMessagesResponse:
+        if not 1 <= request.page_size <= MAX_HISTORY_PAGE:
+            raise InvalidArgument(f"limit must be between 1 and {MAX_HISTORY_PAGE}", "bad_request")
+        if peer_of(request.conversation_id, request.user_id) is None:
+            raise PermissionDenied("not a participant of that conversation")
+        rows = await self.store.history(
+            request.conversation_id, request.before_msg_id, request.page_size + 1
+        )
+        more = len(rows) > request.page_size
+        rows = rows[: request.page_size]
+        return store_pb2.ListMessagesResponse(
+            messages=rows, next_before_msg_id=rows[-1].msg_id if more else 0
+        )
+
+    async def ListConversations(
+        self, request: store_pb2.ListConversationsRequest, context: Context
+    ) -> store_pb2.ListConversationsResponse:
+        if not request.user_id:
+            raise InvalidArgument("user_id is required")
+        limit = _page_size(request.page_size, DEFAULT_CONVERSATIONS, MAX_CONVERSATIONS)
+        rows = await self.store.conversations(request.user_id, limit)
+        return store_pb2.ListConversationsResponse(
+            conversations=[
+                store_pb2.Conversation(
+                    conversation_id=r.conversation_id,
+                    peer_id=r.peer_id,
+                    last_message=r.last_message,
+                    unread=r.unread,
+                )
+                for r in rows
+            ]
+        )

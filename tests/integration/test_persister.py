@@ -1,0 +1,141 @@
+"""The log writer and the sync barrier against a real broker and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from chatmesh.message.v1 import message_pb2
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+from launcher import servers
+from persister.consumer import LogWriter
+from persister.history import Barrier
+from persister.logend import LogEnd
+from persister.stores.postgres import PostgresMessageStore, migrate
+from svckit.conversations import conversation_id
+from svckit.errors import Unavailable
+from svckit.kafka import consumer_config, producer_config
+from svckit.pg import open_pool
+from svckit.testing import eventually
+
+
+@pytest.fixture
+async def store(pg: object) -> AsyncIterator[PostgresMessageStore]:
+    pool = await open_pool(pg.dsn(f"persister_{uuid.uuid4().hex[:10]}"), min_size=1, max_size=4)  # type: ignore[attr-defined]
+    try:
+        await migrate(pool)
+        yield PostgresMessageStore(pool)
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+def topic(kafka_bootstrap: str) -> str:
+    name = f"test.messages.{uuid.uuid4().hex[:8]}"
+    servers.create_topics(kafka_bootstrap, {name: 3})
+    return name
+
+
+def produce(bootstrap: str, topic: str, count: int, start: int = 1) -> list[message_pb2.Message]:
+    producer = Producer(producer_config(bootstrap, max_batch_records=1, timeout_s=10))
+    sent = []
+    for i in range(start, start + count):
+        sender, recipient = f"user{i % 3}", f"user{(i % 3) + 1}"
+        m = message_pb2.Message(
+            msg_id=10_000 + i,
+            conversation_id=conversation_id(sender, recipient),
+            sender_id=sender,
+            sender_device_id="d",
+            recipient_id=recipient,
+            content=f"m{i}",
+            client_msg_id=f"c{i}",
+        )
+        producer.produce(topic, key=m.conversation_id.encode(), value=m.SerializeToString())
+        sent.append(m)
+    assert producer.flush(10) == 0
+    return sent
+
+
+async def stored_ids(store: PostgresMessageStore, sent: list[message_pb2.Message]) -> list[int]:
+    ids: list[int] = []
+    for conv in {m.conversation_id for m in sent}:
+        ids += [m.msg_id for m in await store.history(conv, 0, 100)]
+    return sorted(ids)
+
+
+async def run_writer(
+    bootstrap: str, topic: str, store: PostgresMessageStore, group: str
+) -> tuple[LogWriter, asyncio.Event, asyncio.Task[None]]:
+    writer = LogWriter(consumer_config(bootstrap, group, "test"), topic, store, batch_max=7)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    return writer, stop, task
+
+
+async def test_barrier_waits_for_the_writer_and_replays_store_nothing_twice(
+    kafka_bootstrap: str, topic: str, store: PostgresMessageStore
+) -> None:
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    barrier = Barrier(store, topic, LogEnd(admin, topic, 5), timeout_s=0.3)
+    first = produce(kafka_bootstrap, topic, 20)
+    # Nothing writes yet: the barrier must refuse rather than let a sync miss messages.
+    with pytest.raises(Unavailable):
+        await barrier.wait()
+
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    _, stop, task = await run_writer(kafka_bootstrap, topic, store, group)
+    barrier.timeout_s = 30
+    await barrier.wait()
+    assert await stored_ids(store, first) == sorted(m.msg_id for m in first)
+    stop.set()
+    await asyncio.wait_for(task, 15)
+
+    # A new member of the same group resumes after the committed offsets.
+    second = produce(kafka_bootstrap, topic, 10, start=100)
+    writer, stop, task = await run_writer(kafka_bootstrap, topic, store, group)
+    await barrier.wait()
+    everything = first + second
+    assert await stored_ids(store, everything) == sorted(m.msg_id for m in everything)
+    stop.set()
+    await asyncio.wait_for(task, 15)
+
+    # A member of a new group replays the whole log: the store still holds each message once.
+    _, stop, task = await run_writer(kafka_bootstrap, topic, store, f"{group}-replay")
+
+    async def replayed() -> bool:
+        return sum((await store.applied_offsets(topic)).values()) >= len(everything)
+
+    await eventually(replayed, 30, what="the replay reaching the log end")
+    stop.set()
+    await asyncio.wait_for(task, 15)
+    assert await stored_ids(store, everything) == sorted(m.msg_id for m in everything)
+
+
+async def test_a_record_that_is_not_a_message_is_skipped(
+    kafka_bootstrap: str, topic: str, store: PostgresMessageStore
+) -> None:
+    producer = Producer(producer_config(kafka_bootstrap, max_batch_records=1, timeout_s=10))
+    producer.produce(topic, key=b"k", partition=0, value=b"\xff\xff not protobuf")
+    assert producer.flush(10) == 0
+    good = produce(kafka_bootstrap, topic, 3)
+    _, stop, task = await run_writer(kafka_bootstrap, topic, store, f"g-{uuid.uuid4().hex[:6]}")
+
+    async def stored() -> bool:
+        return await stored_ids(store, good) == sorted(m.msg_id for m in good)
+
+    await eventually(stored, 30, what="the good records being stored")
+    # The bad record's offset was passed too: the writer is not stuck behind it.
+    await eventually(
+        lambda: _applied_beyond(store, topic, 0), 30, what="partition 0 moving past the bad record"
+    )
+    stop.set()
+    await asyncio.wait_for(task, 15)
+
+
+async def _applied_beyond(store: PostgresMessageStore, topic: str, partition: int) -> bool:
+    applied = await store.applied_offsets(topic)
+    return applied.get(partition, 0) >= 1
