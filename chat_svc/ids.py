@@ -74,6 +74,15 @@ class IdGenerator:
             self.last_ms, self.sequence = self.last_ms + 1, 0
         return compose(self.last_ms, self.worker, self.sequence)
 
+    def set_worker(self, worker: int) -> None:
+        """Switch worker id (after a lease was lost and another taken), staying increasing."""
+        if worker != self.worker:
+            if not 0 <= worker <= MAX_WORKER:
+                raise ValueError(f"worker id {worker} outside 0..{MAX_WORKER}")
+            if self.last_ms:
+                self.floor(compose(self.last_ms, MAX_WORKER, MAX_SEQUENCE))
+            self.worker = worker
+
     def floor(self, last_id: int) -> None:
         """Make every later id greater than `last_id`, which any worker may have issued."""
         floor_ms = timestamp_ms(last_id)

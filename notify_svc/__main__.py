@@ -1,29 +1,36 @@
-"""`python -m notify_svc`: the notification service process.
-
-Foundation only: the process, its health and its place in the mesh. Recording hand-offs lands
-with the messaging issue; until then each RPC answers UNIMPLEMENTED.
-"""
+"""`python -m notify_svc`: the notification service process."""
 
 from __future__ import annotations
 
-import grpc
-from chatmesh.notify.v1 import notify_pb2, notify_pb2_grpc
+from dataclasses import dataclass
 
+from notify_svc.service import NotifyServicer, register
+from notify_svc.store import NotificationStore, migrate
 from svckit import lifecycle
-from svckit.config import ServiceConfig, load
+from svckit.config import ServiceConfig, load, setting
+from svckit.pg import open_pool
 
 DEFAULT_PORT = 9231
 
 
-def register(server: grpc.aio.Server) -> list[str]:
-    notify_pb2_grpc.add_NotifyServiceServicer_to_server(
-        notify_pb2_grpc.NotifyServiceServicer(), server
+@dataclass(frozen=True)
+class NotifyConfig(ServiceConfig):
+    db_dsn: str = setting(
+        "CHATMESH_NOTIFY_DB_DSN",
+        "postgresql://chatmesh@127.0.0.1:5433/chatmesh_notify",
+        "the notification database (PostgreSQL)",
     )
-    return [notify_pb2.DESCRIPTOR.services_by_name["NotifyService"].full_name]
 
 
 async def main() -> None:
-    await lifecycle.serve_forever(load(ServiceConfig), DEFAULT_PORT, register)
+    cfg = load(NotifyConfig)
+    pool = await open_pool(cfg.db_dsn, name="notify_svc", checkout_timeout_s=cfg.rpc_timeout_s)
+    try:
+        await migrate(pool)
+        servicer = NotifyServicer(NotificationStore(pool))
+        await lifecycle.serve_forever(cfg, DEFAULT_PORT, lambda s: register(s, servicer))
+    finally:
+        await pool.close()
 
 
 if __name__ == "__main__":

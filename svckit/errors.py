@@ -22,6 +22,10 @@ DOMAIN = "chatmesh"
 _DETAILS_KEY = "grpc-status-details-bin"
 
 
+class StartupError(Exception):
+    """A dependency could not be reached at start-up; the message says which and where."""
+
+
 class DomainError(Exception):
     """A refusal the caller can act on: a status code, a stable reason and a human message."""
 

@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from svckit import logs
 from svckit.config import ConfigError, ServiceConfig, load
-from svckit.errors import ErrorInterceptor
+from svckit.errors import ErrorInterceptor, StartupError
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,11 @@ def run(service: str, main: ServiceMain) -> None:
     try:
         runner(main())
     except (ConfigError, PortInUse) as exc:
-        log.error(str(exc))
+        log.error(str(exc), extra={"event": "start_failed"})
         sys.exit(2)
+    except StartupError as exc:
+        log.error(str(exc), extra={"event": "start_failed"})
+        sys.exit(1)
     except KeyboardInterrupt:
         pass
 

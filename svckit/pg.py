@@ -25,7 +25,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from svckit.errors import Unavailable
+from svckit.errors import StartupError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def describe_dsn(dsn: str) -> str:
     return f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
 
 
-class DatabaseUnreachable(Exception):
+class DatabaseUnreachable(StartupError):
     """Start-up could not connect to PostgreSQL within its deadline; the message says where."""
 
 

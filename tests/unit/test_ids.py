@@ -60,6 +60,15 @@ def test_clock_far_behind_refuses_instead_of_reusing_ids() -> None:
         gen.next_id()
 
 
+def test_switching_worker_keeps_ids_increasing() -> None:
+    gen = IdGenerator(900, StepClock([]))
+    before = gen.next_id()
+    gen.set_worker(5)
+    after = gen.next_id()
+    assert after > before
+    assert (after >> 12) & 1023 == 5
+
+
 def test_worker_id_is_bounded() -> None:
     with pytest.raises(ValueError):
         IdGenerator(1024)

@@ -1,0 +1,105 @@
+"""Live delivery: from an accepted message to the gateway instances holding the sockets.
+
+Design: direct addressing through Envoy. presence_svc says which gateway instance holds each of
+the recipient's and the sender's sockets, with that instance's address; chat_svc calls
+`chatmesh.gateway.v1.GatewayService/DeliverMessages` on each instance once, through Envoy's
+original-destination cluster (authority `gateway`, header `x-chatmesh-gateway-addr`).
+
+Why this over the alternatives: a delivery costs one presence read and one call per gateway that
+holds a socket, whatever the number of gateways; Envoy needs no per-gateway configuration (a new
+gateway registers its address with each socket), keeps connections to busy gateways warm and
+applies timeouts and outlier detection. Per-gateway pub/sub channels would make every chat_svc
+hold a subscription per gateway or every gateway receive traffic for others; a delivery topic
+partitioned by gateway adds a log hop and its latency to every live message. What it costs: a
+presence read per message (one Redis round trip behind presence_svc), and a gateway that dies
+between the read and the call loses those frames, which its devices recover by syncing after
+they reconnect.
+
+A recipient with no live socket is handed to notify_svc for a push.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+import grpc
+from chatmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from chatmesh.message.v1 import message_pb2
+from chatmesh.notify.v1 import notify_pb2, notify_pb2_grpc
+from chatmesh.presence.v1 import presence_pb2, presence_pb2_grpc
+
+from svckit.channels import GATEWAY_ADDR_HEADER
+
+log = logging.getLogger(__name__)
+
+
+class LiveRouter:
+    def __init__(
+        self,
+        presence: presence_pb2_grpc.PresenceServiceStub,
+        gateways: gateway_pb2_grpc.GatewayServiceStub,
+        notify: notify_pb2_grpc.NotifyServiceStub,
+        timeout_s: float,
+    ) -> None:
+        self.presence = presence
+        self.gateways = gateways
+        self.notify = notify
+        self.timeout_s = timeout_s
+
+    async def route(self, message: message_pb2.Message) -> None:
+        try:
+            found = await self.presence.GetConnections(
+                presence_pb2.GetConnectionsRequest(
+                    user_ids=[message.recipient_id, message.sender_id]
+                ),
+                timeout=self.timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning(
+                "presence lookup failed; devices will sync", extra={"code": str(exc.code())}
+            )
+            await self._hand_off(message)
+            return
+        by_gateway: dict[str, list[gateway_pb2.Delivery]] = defaultdict(list)
+        recipient_live = False
+        for conn in found.connections:
+            if conn.user_id == message.sender_id and conn.device_id == message.sender_device_id:
+                continue  # the sending device has its message_ack
+            if conn.user_id == message.recipient_id:
+                recipient_live = True
+            by_gateway[conn.gateway_addr].append(
+                gateway_pb2.Delivery(connection_id=conn.connection_id, message=message)
+            )
+        await asyncio.gather(*(self._deliver(addr, d) for addr, d in by_gateway.items()))
+        if not recipient_live and message.recipient_id != message.sender_id:
+            await self._hand_off(message)
+
+    async def _deliver(self, addr: str, deliveries: list[gateway_pb2.Delivery]) -> None:
+        try:
+            await self.gateways.DeliverMessages(
+                gateway_pb2.DeliverMessagesRequest(deliveries=deliveries),
+                metadata=((GATEWAY_ADDR_HEADER, addr),),
+                timeout=self.timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning(
+                "live delivery failed; devices will sync",
+                extra={"gateway": addr, "code": str(exc.code())},
+            )
+
+    async def _hand_off(self, message: message_pb2.Message) -> None:
+        try:
+            await self.notify.EnqueueNotification(
+                notify_pb2.EnqueueNotificationRequest(
+                    request_id=f"{message.msg_id}:{message.recipient_id}",
+                    recipient_id=message.recipient_id,
+                    sender_id=message.sender_id,
+                    conversation_id=message.conversation_id,
+                    msg_id=message.msg_id,
+                ),
+                timeout=self.timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("push hand-off failed", extra={"code": str(exc.code())})

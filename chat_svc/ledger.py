@@ -1,0 +1,93 @@
+"""The send ledger in Redis: what chat_svc accepted, for idempotency and per-conversation order.
+
+- `chat:{sender}:sent:{client_msg_id}` holds the accepted record, prefixed `P` while it is being
+  published and `D` once the log acknowledged it. A retry on any instance, at any time within the
+  retention, finds it and gets the same msg_id. A `P` record found by a retry (the first attempt
+  died between claiming and answering) is published again: the persister's upsert by msg_id and
+  the clients' dedupe by msg_id make that harmless.
+- `chat:{conversation}:last` holds the newest msg_id given out in a conversation, so after a
+  fail-over to another instance new ids continue above it (`IdGenerator.floor`). Ids are stored
+  zero-padded, because Lua compares numbers as doubles and msg_ids need 63 bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as redis
+from chatmesh.message.v1 import message_pb2
+
+PENDING = b"P"
+DURABLE = b"D"
+
+_ADVANCE = """
+local current = redis.call('GET', KEYS[1])
+if (not current) or current < ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+return current
+"""
+_FORGET = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    durable: bool
+    message: message_pb2.Message
+
+
+def _sent_key(sender: str, client_msg_id: str) -> str:
+    return f"chat:{{{sender}}}:sent:{client_msg_id}"
+
+
+def _last_key(conversation: str) -> str:
+    return f"chat:{{{conversation}}}:last"
+
+
+def _parse(raw: bytes | str | None) -> Entry | None:
+    if not isinstance(raw, bytes) or not raw:
+        return None
+    return Entry(durable=raw[:1] == DURABLE, message=message_pb2.Message.FromString(raw[1:]))
+
+
+class SendLedger:
+    def __init__(self, client: redis.Redis, retention_s: int) -> None:
+        self.client = client
+        self.retention_ms = retention_s * 1000
+
+    async def get(self, sender: str, client_msg_id: str) -> Entry | None:
+        return _parse(await self.client.get(_sent_key(sender, client_msg_id)))
+
+    async def claim(self, message: message_pb2.Message) -> Entry | None:
+        """Record `message` as pending; if another attempt got there first, return its entry."""
+        key = _sent_key(message.sender_id, message.client_msg_id)
+        value = PENDING + message.SerializeToString()
+        if await self.client.set(key, value, nx=True, px=self.retention_ms):
+            return None
+        return await self.get(message.sender_id, message.client_msg_id)
+
+    async def mark_durable(self, message: message_pb2.Message) -> None:
+        key = _sent_key(message.sender_id, message.client_msg_id)
+        await self.client.set(key, DURABLE + message.SerializeToString(), px=self.retention_ms)
+
+    async def forget(self, message: message_pb2.Message) -> None:
+        """Drop a pending claim whose publish failed, so a retry starts afresh."""
+        key = _sent_key(message.sender_id, message.client_msg_id)
+        await self.client.eval(_FORGET, 1, key, PENDING + message.SerializeToString())
+
+    async def last_id(self, conversation: str) -> int:
+        raw = await self.client.get(_last_key(conversation))
+        return int(raw) if raw else 0
+
+    async def advance(self, conversation: str, msg_id: int) -> int:
+        """Record msg_id as the conversation's newest unless a newer one is; return the newest."""
+        result = await self.client.eval(
+            _ADVANCE, 1, _last_key(conversation), f"{msg_id:020d}", self.retention_ms
+        )
+        return int(result)
