@@ -45,7 +45,7 @@ class PersisterConfig(ServiceConfig):
     batch_max: int = setting("CHATMESH_PERSISTER_BATCH_MAX", 500, "records per store batch")
     sync_wait_s: float = setting(
         "CHATMESH_SYNC_BARRIER_TIMEOUT_S",
-        8.0,
+        12.0,
         "how long a sync waits for the store to catch up with the log",
     )
     db_pool_max: int = setting("CHATMESH_MESSAGE_DB_POOL_MAX", 10, "store connections")

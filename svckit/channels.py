@@ -3,7 +3,7 @@
 Envoy picks the upstream cluster by the call's `:authority`, which is the target service's name
 (`user-svc`, `chat-svc`, ...). A gateway instance is addressed directly: authority `gateway` plus
 the `x-chatmesh-gateway-addr` header naming the instance, which Envoy's original-destination
-cluster routes to (see envoy/render.py).
+cluster routes to (see launcher/envoy_config.py).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import grpc
 
 GATEWAY_ADDR_HEADER = "x-chatmesh-gateway-addr"
+# SendMessage carries the conversation id here; Envoy hashes it onto the chat_svc ring.
+CONVERSATION_HEADER = "x-chatmesh-conversation"
 
 # Authorities, one per service; Envoy's virtual hosts use the same names.
 USER = "user-svc"
