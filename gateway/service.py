@@ -1,0 +1,62 @@
+"""chatmesh.gateway.v1.GatewayService: what other services ask of the sockets this instance holds.
+
+Callers find the instance in presence (`gateway_addr`) and reach it through Envoy with authority
+`gateway` and the `x-chatmesh-gateway-addr` header: direct addressing, so a frame for a socket is
+one hop from whoever produced it, however many gateway instances there are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import grpc
+from chatmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+from gateway import ws
+from gateway.edge_errors import CloseCode
+from svckit.errors import Context
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
+
+class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
+    def __init__(self, edge: ws.Edge) -> None:
+        self._edge = edge
+
+    async def DeliverMessages(  # noqa: N802 - generated method name
+        self,
+        request: gateway_pb2.DeliverMessagesRequest,
+        context: Context,
+    ) -> gateway_pb2.DeliverMessagesResponse:
+        """Messaging is a later issue: every socket is reported unknown, so callers fall back
+        to the offline path. Filling it in means writing each delivery as a `new_message`
+        frame to `registry.get(connection_id)`, in request order per socket."""
+        unknown = list(dict.fromkeys(d.connection_id for d in request.deliveries))
+        return gateway_pb2.DeliverMessagesResponse(unknown_connection_ids=unknown)
+
+    async def CloseSessionConnections(  # noqa: N802 - generated method name
+        self,
+        request: gateway_pb2.CloseSessionConnectionsRequest,
+        context: Context,
+    ) -> gateway_pb2.CloseSessionConnectionsResponse:
+        code = (
+            request.close_code if _valid_close_code(request.close_code) else CloseCode.UNAUTHORIZED
+        )
+        conns = self._edge.registry.by_session(request.session_id)
+        closed = ws.close_all(conns, code, request.reason)
+        return gateway_pb2.CloseSessionConnectionsResponse(closed=closed)
+
+
+def _valid_close_code(code: int) -> bool:
+    """Codes an endpoint may send (RFC 6455 section 7.4)."""
+    return code in (1000, 1001, 1008, 1009, 1011) or 3000 <= code <= 4999
+
+
+def register(edge: ws.Edge) -> Callable[[grpc.aio.Server], Iterable[str]]:
+    """The `register` callback of svckit.lifecycle.start_server."""
+
+    def add(server: grpc.aio.Server) -> Iterable[str]:
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayService(edge), server)
+        return [SERVICE_NAME]
+
+    return add
