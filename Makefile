@@ -35,6 +35,7 @@ lint: install
 	$(BIN)/buf lint
 	$(BIN)/buf format --exit-code -d
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 breaking: install
 	$(BIN)/buf breaking --against '.git#branch=main'
