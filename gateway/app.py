@@ -18,8 +18,9 @@ import orjson
 from aiohttp import web
 from chatmesh.user.v1 import user_pb2
 
-from gateway import edge_errors, ws
+from gateway import edge_errors, frames, ws
 from gateway.edge_errors import EdgeError
+from gateway.messaging import message_object
 
 log = logging.getLogger(__name__)
 
@@ -233,13 +234,63 @@ async def lookup_user(request: web.Request) -> web.Response:
     return json_response(profile(user))
 
 
+async def list_conversations(request: web.Request) -> web.Response:
+    edge = request.app[EDGE]
+    session = await authenticate(edge, bearer_token(request))
+    rows = await edge.clients.store.conversations(session.user_id)
+    return json_response(
+        {
+            "conversations": [
+                {
+                    "conversation_id": row.conversation_id,
+                    "peer_id": row.peer_id,
+                    "last_message": message_object(row.last_message),
+                    "unread": row.unread,
+                }
+                for row in rows
+            ]
+        }
+    )
+
+
+def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query.get(name, "")
+    if not text:
+        return default
+    if (
+        not (text.isascii() and text.isdecimal() and len(text) <= 20)
+        or not low <= int(text) <= high
+    ):
+        raise edge_errors.bad_request(f"`{name}` must be a whole number from {low} to {high}")
+    return int(text)
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    edge = request.app[EDGE]
+    session = await authenticate(edge, bearer_token(request))
+    limit = _query_int(request, "limit", 50, 1, 100)
+    before = _query_int(request, "before", 0, 1, 2**63 - 1)
+    page = await edge.clients.store.history(
+        session.user_id, request.match_info["conversation_id"], before, limit
+    )
+    return json_response(
+        {
+            "messages": [message_object(m) for m in page.messages],
+            "next_before": str(page.next_before_msg_id) if page.next_before_msg_id else None,
+        }
+    )
+
+
 async def websocket(request: web.Request) -> web.StreamResponse:
     edge = request.app[EDGE]
     if edge.draining:
         raise edge_errors.unavailable("this gateway is draining; reconnect")
     token = bearer_token(request, allow_query=True)
     session = await authenticate(edge, token)
-    return await ws.serve_socket(request, edge, token, session)
+    resume = request.query.get("resume")
+    if resume is not None and (len(resume) > frames.MAX_CURSOR_CHARS or "\x00" in resume):
+        raise edge_errors.bad_request("`resume` must be a cursor")
+    return await ws.serve_socket(request, edge, token, session, resume)
 
 
 # --- application ----------------------------------------------------------------------------
@@ -267,6 +318,8 @@ def build_app(edge: ws.Edge) -> web.Application:
     app.router.add_post("/api/v1/sessions", create_session)
     app.router.add_delete("/api/v1/sessions/current", delete_current_session)
     app.router.add_get("/api/v1/ws", websocket)
+    app.router.add_get("/api/v1/conversations", list_conversations)
+    app.router.add_get("/api/v1/conversations/{conversation_id}/messages", list_messages)
     app.cleanup_ctx.append(_heartbeat)
     app.on_shutdown.append(_drain)
     return app

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast
 
 import grpc
+from chatmesh.chat.v1 import chat_pb2
 from chatmesh.gateway.v1 import gateway_pb2
+from chatmesh.message.v1 import store_pb2
 from chatmesh.presence.v1 import presence_pb2
 from chatmesh.user.v1 import user_pb2
 from google.protobuf.message import Message
@@ -72,6 +74,8 @@ def _method(service: str, name: str) -> str:
 _USER = user_pb2.DESCRIPTOR.services_by_name["UserService"].full_name
 _PRESENCE = presence_pb2.DESCRIPTOR.services_by_name["PresenceService"].full_name
 _GATEWAY = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+_CHAT = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+_STORE = store_pb2.DESCRIPTOR.services_by_name["MessageStoreService"].full_name
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _HealthCheck = Unary[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
 
@@ -172,6 +176,84 @@ class PresenceClient:
         return list((await self._get_connections(request)).connections)
 
 
+class ChatClient:
+    """chatmesh.chat.v1.ChatService: accepting messages."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+        self._send: Unary[chat_pb2.SendMessageRequest, chat_pb2.SendMessageResponse] = Unary(
+            channel, _method(_CHAT, "SendMessage"), chat_pb2.SendMessageResponse, timeout_s
+        )
+
+    async def send(
+        self, request: chat_pb2.SendMessageRequest, conversation_id: str
+    ) -> chat_pb2.SendMessageResponse:
+        """Envoy hashes the conversation header onto the chat_svc ring (chat_svc/logic.py)."""
+        return await self._send(
+            request, metadata=((channels.CONVERSATION_HEADER, conversation_id),)
+        )
+
+
+class StoreClient:
+    """chatmesh.message.v1.MessageStoreService: sync, acknowledgements and history.
+
+    Sync and ack may wait for the store to catch up with the log, so they get `barrier_timeout_s`.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float, barrier_timeout_s: float):
+        def unary(name: str, response: type[Resp], timeout: float = timeout_s) -> Unary[Req, Resp]:
+            return Unary(channel, _method(_STORE, name), response, timeout)
+
+        self._ack: Unary[store_pb2.AckMessagesRequest, store_pb2.AckMessagesResponse] = unary(
+            "AckMessages", store_pb2.AckMessagesResponse, barrier_timeout_s
+        )
+        self._sync: Unary[store_pb2.SyncMessagesRequest, store_pb2.SyncMessagesResponse] = unary(
+            "SyncMessages", store_pb2.SyncMessagesResponse, barrier_timeout_s
+        )
+        self._history: Unary[store_pb2.ListMessagesRequest, store_pb2.ListMessagesResponse] = unary(
+            "ListMessages", store_pb2.ListMessagesResponse
+        )
+        self._conversations: Unary[
+            store_pb2.ListConversationsRequest, store_pb2.ListConversationsResponse
+        ] = unary("ListConversations", store_pb2.ListConversationsResponse)
+
+    async def ack(
+        self, user_id: str, device_id: str, msg_id: int, conversation_id: str
+    ) -> store_pb2.AckMessagesResponse:
+        return await self._ack(
+            store_pb2.AckMessagesRequest(
+                user_id=user_id,
+                device_id=device_id,
+                msg_id=msg_id,
+                conversation_id=conversation_id,
+            )
+        )
+
+    async def sync(
+        self, user_id: str, device_id: str, cursor: str, page_size: int
+    ) -> store_pb2.SyncMessagesResponse:
+        return await self._sync(
+            store_pb2.SyncMessagesRequest(
+                user_id=user_id, device_id=device_id, cursor=cursor, page_size=page_size
+            )
+        )
+
+    async def history(
+        self, user_id: str, conversation_id: str, before_msg_id: int, limit: int
+    ) -> store_pb2.ListMessagesResponse:
+        return await self._history(
+            store_pb2.ListMessagesRequest(
+                user_id=user_id,
+                conversation_id=conversation_id,
+                before_msg_id=before_msg_id,
+                page_size=limit,
+            )
+        )
+
+    async def conversations(self, user_id: str) -> list[store_pb2.Conversation]:
+        response = await self._conversations(store_pb2.ListConversationsRequest(user_id=user_id))
+        return list(response.conversations)
+
+
 class GatewayPeers:
     """chatmesh.gateway.v1.GatewayService on one named instance, through Envoy."""
 
@@ -237,6 +319,8 @@ class Clients:
 
     user: UserClient
     presence: PresenceClient
+    chat: ChatClient
+    store: StoreClient
     gateways: GatewayPeers
     health: HealthProbe
     channels: list[grpc.aio.Channel] = field(default_factory=list)
@@ -254,6 +338,10 @@ def build_clients(cfg: GatewayConfig) -> Clients:
     return Clients(
         user=UserClient(by_authority[channels.USER], cfg.rpc_timeout_s),
         presence=PresenceClient(by_authority[channels.PRESENCE], cfg.rpc_timeout_s),
+        chat=ChatClient(by_authority[channels.CHAT], cfg.rpc_timeout_s),
+        store=StoreClient(
+            by_authority[channels.PERSISTER], cfg.rpc_timeout_s, cfg.barrier_timeout_s
+        ),
         gateways=GatewayPeers(by_authority[channels.GATEWAY], cfg.rpc_timeout_s),
         health=HealthProbe(
             {a: by_authority[a] for a in READINESS_AUTHORITIES}, cfg.health_timeout_s

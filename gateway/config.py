@@ -59,6 +59,35 @@ class GatewayConfig(ServiceConfig):
         10.0,
         "how often this instance refreshes its sockets' presence entries",
     )
+    barrier_timeout_s: float = setting(
+        "CHATMESH_SYNC_TIMEOUT_S",
+        30.0,
+        "deadline of sync and ack calls, which may wait for the store to catch up with the log",
+    )
+    sync_page_size: int = setting(
+        "CHATMESH_SYNC_PAGE_SIZE", 100, "messages per sync page (at most 500)"
+    )
+    sync_hold_s: float = setting(
+        "CHATMESH_SYNC_HOLD_S",
+        30.0,
+        "how long live frames wait for the client's next sync after a page with has_more",
+    )
+    ws_rate_burst: int = setting(
+        "CHATMESH_WS_RATE_BURST", 200, "frames a socket may send in a burst"
+    )
+    ws_rate_per_s: float = setting(
+        "CHATMESH_WS_RATE_PER_S", 100.0, "frames per second a socket may send sustained"
+    )
+    ws_abuse_limit: int = setting(
+        "CHATMESH_WS_ABUSE_LIMIT",
+        50,
+        "rate-limited frames in a row after which the socket is closed with 1008",
+    )
+    deliver_timeout_s: float = setting(
+        "CHATMESH_DELIVER_TIMEOUT_S",
+        2.0,
+        "how long a live frame may wait on a slow socket before it is closed with 1001",
+    )
     http_shutdown_s: float = setting(
         "CHATMESH_HTTP_SHUTDOWN_S", 1.5, "on SIGTERM, how long open HTTP handlers may finish"
     )

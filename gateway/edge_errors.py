@@ -116,6 +116,17 @@ def unavailable(message: str = "a service is unavailable, try again later") -> E
     return EdgeError("unavailable", message, 503, frame_code="unavailable")
 
 
+def rate_limited(close: bool) -> EdgeError:
+    """A socket over its frame rate; `close` after repeated abuse (1008)."""
+    return EdgeError(
+        "rate_limited",
+        "too many frames, slow down" + ("; closing" if close else ""),
+        429,
+        frame_code="rate_limited",
+        close_code=CloseCode.POLICY_VIOLATION if close else None,
+    )
+
+
 def internal() -> EdgeError:
     return EdgeError("internal", "internal error", 500, frame_code="internal")
 

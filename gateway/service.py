@@ -7,6 +7,7 @@ one hop from whoever produced it, however many gateway instances there are.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 
 import grpc
@@ -28,10 +29,23 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         request: gateway_pb2.DeliverMessagesRequest,
         context: Context,
     ) -> gateway_pb2.DeliverMessagesResponse:
-        """Messaging is a later issue: every socket is reported unknown, so callers fall back
-        to the offline path. Filling it in means writing each delivery as a `new_message`
-        frame to `registry.get(connection_id)`, in request order per socket."""
-        unknown = list(dict.fromkeys(d.connection_id for d in request.deliveries))
+        """Write each delivery as a `new_message` frame, in request order; a socket too slow to
+        take its frame within CHATMESH_DELIVER_TIMEOUT_S is closed with 1001 (its device
+        reconnects and syncs) rather than stall the conversation for everyone."""
+        edge = self._edge
+        unknown: list[str] = []
+        for delivery in request.deliveries:
+            conn = edge.registry.get(delivery.connection_id)
+            if conn is None or conn.closed:
+                unknown.append(delivery.connection_id)
+                continue
+            try:
+                await asyncio.wait_for(
+                    edge.messaging.deliver(conn, delivery.message), edge.cfg.deliver_timeout_s
+                )
+            except TimeoutError:
+                conn.request_close(CloseCode.GOING_AWAY, "too slow; reconnect and sync")
+                unknown.append(delivery.connection_id)
         return gateway_pb2.DeliverMessagesResponse(unknown_connection_ids=unknown)
 
     async def CloseSessionConnections(  # noqa: N802 - generated method name

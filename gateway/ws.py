@@ -12,8 +12,10 @@ The race with a socket being opened at the same moment is closed on the socket's
 registers in presence first, then checks its token once more, so either the logout's presence
 lookup sees the socket, or the socket's second check sees the revoked session.
 
-Frames: `frames.parse` validates shapes; `ping` is answered here; the messaging actions go to a
-`Messaging` handler (`MessagingNotEnabled` until the messaging issue lands). Every refusal becomes
+Frames: each takes a token from the socket's bucket first (`ratelimit`: `rate_limited` error
+frames, then close 1008); `frames.parse` validates shapes; `ping` is answered here; the messaging
+actions go to `gateway.messaging`. A socket opened with `?resume=` is held (live frames wait)
+from before it is recorded in presence until its backlog has been written. Every refusal becomes
 an `error` frame and the socket stays open, unless `edge_errors` says it must close.
 """
 
@@ -23,9 +25,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 from aiohttp import WSMessage, WSMsgType, web
@@ -36,6 +38,8 @@ from gateway import edge_errors, frames
 from gateway.clients import Clients
 from gateway.config import GatewayConfig
 from gateway.edge_errors import CloseCode, EdgeError
+from gateway.messaging import LiveState, Messaging
+from gateway.ratelimit import TokenBucket, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,11 @@ class Connection:
         ws: web.WebSocketResponse,
         session: user_pb2.AuthenticateSessionResponse,
         connection_id: str | None = None,
+        bucket: TokenBucket | None = None,
     ) -> None:
         self.ws = ws
+        self.live = LiveState()
+        self.bucket = bucket
         self.connection_id = connection_id or uuid.uuid4().hex
         self.user_id = session.user_id
         self.device_id = session.device_id
@@ -166,25 +173,6 @@ class Registry:
         return list(self._by_id.values())
 
 
-class Messaging(Protocol):
-    """Handles the messaging actions of one socket (send_message, ack, sync)."""
-
-    async def on_frame(
-        self, edge: Edge, conn: Connection, frame: frames.SendMessage | frames.Ack | frames.Sync
-    ) -> None: ...
-
-
-class MessagingNotEnabled:
-    """Until the messaging issue lands: every messaging action is refused with `unavailable`."""
-
-    async def on_frame(
-        self, edge: Edge, conn: Connection, frame: frames.SendMessage | frames.Ack | frames.Sync
-    ) -> None:
-        client_msg_id = frame.client_msg_id if isinstance(frame, frames.SendMessage) else None
-        refusal = edge_errors.unavailable("messaging is not enabled yet on this server")
-        await conn.send(refusal.frame(client_msg_id))
-
-
 @dataclass
 class Edge:
     """What the REST handlers, the socket handlers and the gRPC servicer share."""
@@ -194,8 +182,15 @@ class Edge:
     gateway_id: str
     gateway_addr: str = ""  # set once the gRPC server is bound
     registry: Registry = field(default_factory=Registry)
-    messaging: Messaging = field(default_factory=MessagingNotEnabled)
+    messaging: Messaging = field(init=False)
     draining: bool = False
+
+    def __post_init__(self) -> None:
+        self.messaging = Messaging(self.cfg, self.clients)
+
+    def bucket(self) -> TokenBucket:
+        cfg = self.cfg
+        return TokenBucket(cfg.ws_rate_burst, cfg.ws_rate_per_s, cfg.ws_abuse_limit)
 
 
 def close_all(conns: Iterable[Connection], code: int, reason: str) -> int:
@@ -243,9 +238,14 @@ async def close_session_everywhere(edge: Edge, user_id: str, session_id: str) ->
 
 
 async def serve_socket(
-    request: web.Request, edge: Edge, token: str, session: user_pb2.AuthenticateSessionResponse
+    request: web.Request,
+    edge: Edge,
+    token: str,
+    session: user_pb2.AuthenticateSessionResponse,
+    resume: str | None = None,
 ) -> web.WebSocketResponse:
-    """Run one authenticated socket until it closes.
+    """Run one authenticated socket until it closes; `resume` (a cursor, maybe empty) first
+    writes the device's backlog, holding live frames until it is written.
 
     Raises EdgeError only before the upgrade; after it, every failure ends in a close frame.
     """
@@ -258,11 +258,15 @@ async def serve_socket(
     if not ws.can_prepare(request).ok:
         raise edge_errors.bad_request("expected a WebSocket upgrade")
     await ws.prepare(request)
-    conn = Connection(ws, session)
+    conn = Connection(ws, session, bucket=edge.bucket())
+    if resume is not None:
+        edge.messaging.hold(conn)
     edge.registry.add(conn)
     log.debug("socket open", extra={"connection_id": conn.connection_id, "user_id": conn.user_id})
     try:
         await _announce(edge, conn, token)
+        if resume is not None:
+            await _guarded(conn, edge.messaging.sync(conn, resume or None, all_pages=True))
         while (msg := await conn.receive()) is not None:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 await _dispatch(edge, conn, msg.data)
@@ -276,6 +280,7 @@ async def serve_socket(
         await conn.close(CloseCode.INTERNAL_ERROR, "internal error")
     finally:
         edge.registry.remove(conn)
+        edge.messaging.forget(conn)
         conn.finished.set()
         await _withdraw(edge, conn)
     return ws
@@ -311,17 +316,33 @@ async def _withdraw(edge: Edge, conn: Connection) -> None:
 
 
 async def _dispatch(edge: Edge, conn: Connection, data: str | bytes) -> None:
-    client_msg_id: str | None = None
+    if conn.bucket is not None:
+        verdict = conn.bucket.take()
+        if verdict is not Verdict.ALLOW:
+            await _refuse(conn, edge_errors.rate_limited(close=verdict is Verdict.CLOSE), None)
+            return
     try:
         frame = frames.parse(data)
-        if isinstance(frame, frames.Ping):
-            await conn.send(frames.pong())
-            return
-        if isinstance(frame, frames.SendMessage):
-            client_msg_id = frame.client_msg_id
-        await edge.messaging.on_frame(edge, conn, frame)
     except frames.FrameError as exc:
         await conn.send(frames.error(exc.code, exc.message, exc.client_msg_id))
+        return
+    messaging = edge.messaging
+    if isinstance(frame, frames.Ping):
+        await conn.send(frames.pong())
+    elif isinstance(frame, frames.SendMessage):
+        await _guarded(conn, messaging.send_message(conn, frame), frame.client_msg_id)
+    elif isinstance(frame, frames.Ack):
+        await _guarded(conn, messaging.ack(conn, frame))
+    else:
+        await _guarded(conn, messaging.sync(conn, frame.cursor))
+
+
+async def _guarded(
+    conn: Connection, work: Coroutine[Any, Any, None], client_msg_id: str | None = None
+) -> None:
+    """Run one frame's work; any refusal becomes an `error` frame (or a close)."""
+    try:
+        await work
     except grpc.aio.AioRpcError as exc:
         await _refuse(conn, edge_errors.from_rpc(exc), client_msg_id)
     except EdgeError as exc:

@@ -1,40 +1,36 @@
-"""Sync cursors: opaque to clients, a versioned encoding of per-conversation positions.
+"""Sync cursors: opaque to clients, a handle on per-conversation positions kept in the store.
 
-A cursor maps conversation ids to the newest msg_id a device has been sent. Positions are
-per conversation because msg_ids increase within a conversation, not across them.
+A cursor stands for the newest msg_id a device has been sent in each conversation (positions are
+per conversation because msg_ids increase within a conversation, not across them). A device may
+have thousands of conversations, so the positions stay in the store and the cursor is a short
+versioned handle (`v2.<32 hex>`) that fits any frame. A handle the store no longer knows (expired)
+means "from the acknowledged positions": the device may see messages again, never miss one.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-
-import orjson
+import re
+import uuid
 
 from svckit.errors import InvalidArgument
 
-PREFIX = "v1."
-MAX_CURSOR_CHARS = 48_000
+PREFIX = "v2."
+_HANDLE = re.compile(r"v2\.([0-9a-f]{32})")
 
 
-def encode(positions: dict[str, int]) -> str:
-    body = orjson.dumps(positions, option=orjson.OPT_SORT_KEYS)
-    return PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=")
+def new_handle() -> str:
+    return uuid.uuid4().hex
 
 
-def decode(cursor: str) -> dict[str, int]:
-    """Positions of a cursor; empty for an empty cursor; InvalidArgument for anything else."""
+def encode(handle: str) -> str:
+    return PREFIX + handle
+
+
+def decode(cursor: str) -> str | None:
+    """The handle inside a cursor; None for an empty cursor; InvalidArgument for anything else."""
     if not cursor:
-        return {}
-    if len(cursor) > MAX_CURSOR_CHARS or not cursor.startswith(PREFIX):
+        return None
+    match = _HANDLE.fullmatch(cursor)
+    if match is None:
         raise InvalidArgument("cursor is not one this server issued", "bad_field")
-    text = cursor[len(PREFIX) :]
-    try:
-        value = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (binascii.Error, ValueError, orjson.JSONDecodeError):
-        raise InvalidArgument("cursor is not one this server issued", "bad_field") from None
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and type(v) is int and 0 <= v < 2**63 for k, v in value.items()
-    ):
-        raise InvalidArgument("cursor is not one this server issued", "bad_field")
-    return value
+    return match.group(1)

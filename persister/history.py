@@ -20,7 +20,7 @@ from chatmesh.message.v1 import store_pb2, store_pb2_grpc
 from persister import cursor
 from persister.store import MessageStore
 from svckit.conversations import peer_of
-from svckit.errors import Context, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from svckit.errors import Context, InvalidArgument, PermissionDenied, Unavailable
 
 EndOffsets = Callable[[], Awaitable[dict[int, int]]]
 
@@ -77,12 +77,18 @@ class MessageStoreServicer(store_pb2_grpc.MessageStoreServiceServicer):
         if not request.user_id or not request.device_id:
             raise InvalidArgument("user_id and device_id are required")
         limit = _page_size(request.page_size, DEFAULT_SYNC_PAGE, MAX_SYNC_PAGE)
-        positions = cursor.decode(request.cursor)
+        handle = cursor.decode(request.cursor)
+        positions: dict[str, int] = {}
+        if handle is not None:
+            saved = await self.store.load_cursor(handle, request.user_id, request.device_id)
+            positions = saved or {}  # expired: from the acknowledged positions
         await self.barrier.wait()
         page = await self.store.sync_page(request.user_id, request.device_id, positions, limit)
         merged = {**positions, **page.positions}
+        next_handle = cursor.new_handle()
+        await self.store.save_cursor(next_handle, request.user_id, request.device_id, merged)
         return store_pb2.SyncMessagesResponse(
-            messages=page.messages, cursor=cursor.encode(merged), has_more=page.has_more
+            messages=page.messages, cursor=cursor.encode(next_handle), has_more=page.has_more
         )
 
     async def AckMessages(
@@ -95,10 +101,9 @@ class MessageStoreServicer(store_pb2_grpc.MessageStoreServiceServicer):
             # Acknowledged live before the writer stored it: wait for the store, then look again.
             await self.barrier.wait()
             conversation = await self.store.conversation_of(request.msg_id)
-        if not conversation:
-            raise NotFound(f"no message {request.msg_id}", "unknown_message")
-        if peer_of(conversation, request.user_id) is None:
-            raise PermissionDenied("not a participant of that conversation")
+        if not conversation or peer_of(conversation, request.user_id) is None:
+            # Unknown and not-yours read the same: an ack never reveals other conversations.
+            raise InvalidArgument(f"no message {request.msg_id} for this user", "bad_field")
         acked = await self.store.ack(
             request.user_id, request.device_id, conversation, request.msg_id
         )

@@ -74,3 +74,11 @@ class MessageStore(Protocol):
 
     async def ack(self, user_id: str, device_id: str, conversation_id: str, msg_id: int) -> int:
         """Move the device's position forward (never back); return the position after."""
+
+    async def save_cursor(
+        self, handle: str, user_id: str, device_id: str, positions: Mapping[str, int]
+    ) -> None:
+        """Keep a sync cursor's positions under `handle` (for a bounded time)."""
+
+    async def load_cursor(self, handle: str, user_id: str, device_id: str) -> dict[str, int] | None:
+        """A saved cursor's positions, or None when unknown, expired or another device's."""

@@ -14,16 +14,20 @@ Tables mirror the wide-column layout so the ScyllaDB store can keep the same sha
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from chatmesh.message.v1 import message_pb2
+from psycopg.types.json import Jsonb
 
 from persister.store import ConversationRow, LogRecord, SyncPage
 from svckit import pg
 from svckit.pg import Migration, Pool
 
 MIGRATION_LOCK = pg.lock_key("chatmesh.persister.migrations")
+CURSOR_RETENTION_MS = 7 * 24 * 3600 * 1000  # a cursor older than this means "from the acks"
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -78,6 +82,16 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (user_id, conversation_id)
             )
             """,
+            """
+            CREATE TABLE sync_cursors (
+                handle     text   PRIMARY KEY,
+                user_id    text   NOT NULL,
+                device_id  text   NOT NULL,
+                positions  jsonb  NOT NULL,
+                created_ms bigint NOT NULL
+            )
+            """,
+            "CREATE INDEX sync_cursors_age ON sync_cursors (created_ms)",
             """
             CREATE TABLE applied_offsets (
                 topic       text    NOT NULL,
@@ -316,3 +330,31 @@ class PostgresMessageStore:
                 (user_id, conversation_id, msg_id),
             )
             return int(row[0]) if row else msg_id
+
+    async def save_cursor(
+        self, handle: str, user_id: str, device_id: str, positions: Mapping[str, int]
+    ) -> None:
+        now_ms = int(time.time() * 1000)
+        async with self._connected() as conn:
+            await conn.execute(
+                "INSERT INTO sync_cursors (handle, user_id, device_id, positions, created_ms)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (handle) DO NOTHING",
+                (handle, user_id, device_id, Jsonb(dict(positions)), now_ms),
+            )
+            if random.random() < 0.01:  # keep the table bounded without a separate job
+                await conn.execute(
+                    "DELETE FROM sync_cursors WHERE created_ms < %s",
+                    (now_ms - CURSOR_RETENTION_MS,),
+                )
+
+    async def load_cursor(self, handle: str, user_id: str, device_id: str) -> dict[str, int] | None:
+        async with self._connected() as conn:
+            cur = await conn.execute(
+                "SELECT positions FROM sync_cursors WHERE handle = %s AND user_id = %s"
+                " AND device_id = %s AND created_ms >= %s",
+                (handle, user_id, device_id, int(time.time() * 1000) - CURSOR_RETENTION_MS),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return {str(k): int(v) for k, v in row[0].items()}

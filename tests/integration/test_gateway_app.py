@@ -138,6 +138,8 @@ async def fakes() -> AsyncIterator[Fakes]:
     clients = Clients(
         user=cast(Any, user),
         presence=cast(Any, presence),
+        chat=cast(Any, None),  # messaging is covered end to end
+        store=cast(Any, None),
         gateways=cast(Any, peers),
         health=cast(Any, health),
     )

@@ -154,3 +154,12 @@ async def test_conversations_newest_first_with_unread(store: MessageStore) -> No
     assert [c.unread for c in convs] == [1, 1]
     jack_view = await store.conversations("jack", 10)
     assert [(c.peer_id, c.unread) for c in jack_view] == [("kim", 1)]
+
+
+async def test_cursors_are_kept_per_device(store: MessageStore) -> None:
+    positions = {f"dm:u{i}:v{i}": 10_000 + i for i in range(2000)}  # a heavy user's sync
+    await store.save_cursor("h1", "iris", "tab", positions)
+    assert await store.load_cursor("h1", "iris", "tab") == positions
+    assert await store.load_cursor("h1", "iris", "phone") is None
+    assert await store.load_cursor("h1", "mallory", "tab") is None
+    assert await store.load_cursor("unknown", "iris", "tab") is None
