@@ -196,18 +196,19 @@ class ChatClient:
 class StoreClient:
     """chatmesh.message.v1.MessageStoreService: sync, acknowledgements and history.
 
-    Sync and ack may wait for the store to catch up with the log, so they get `barrier_timeout_s`.
+    Every call may wait for the store to catch up with the log (the barrier in
+    persister/history.py), so they all get `timeout_s` = CHATMESH_SYNC_TIMEOUT_S.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, timeout_s: float, barrier_timeout_s: float):
-        def unary(name: str, response: type[Resp], timeout: float = timeout_s) -> Unary[Req, Resp]:
-            return Unary(channel, _method(_STORE, name), response, timeout)
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float):
+        def unary(name: str, response: type[Resp]) -> Unary[Req, Resp]:
+            return Unary(channel, _method(_STORE, name), response, timeout_s)
 
         self._ack: Unary[store_pb2.AckMessagesRequest, store_pb2.AckMessagesResponse] = unary(
-            "AckMessages", store_pb2.AckMessagesResponse, barrier_timeout_s
+            "AckMessages", store_pb2.AckMessagesResponse
         )
         self._sync: Unary[store_pb2.SyncMessagesRequest, store_pb2.SyncMessagesResponse] = unary(
-            "SyncMessages", store_pb2.SyncMessagesResponse, barrier_timeout_s
+            "SyncMessages", store_pb2.SyncMessagesResponse
         )
         self._history: Unary[store_pb2.ListMessagesRequest, store_pb2.ListMessagesResponse] = unary(
             "ListMessages", store_pb2.ListMessagesResponse
@@ -339,9 +340,7 @@ def build_clients(cfg: GatewayConfig) -> Clients:
         user=UserClient(by_authority[channels.USER], cfg.rpc_timeout_s),
         presence=PresenceClient(by_authority[channels.PRESENCE], cfg.rpc_timeout_s),
         chat=ChatClient(by_authority[channels.CHAT], cfg.rpc_timeout_s),
-        store=StoreClient(
-            by_authority[channels.PERSISTER], cfg.rpc_timeout_s, cfg.barrier_timeout_s
-        ),
+        store=StoreClient(by_authority[channels.PERSISTER], cfg.barrier_timeout_s),
         gateways=GatewayPeers(by_authority[channels.GATEWAY], cfg.rpc_timeout_s),
         health=HealthProbe(
             {a: by_authority[a] for a in READINESS_AUTHORITIES}, cfg.health_timeout_s

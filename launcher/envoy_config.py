@@ -102,8 +102,8 @@ RPC_POLICIES: dict[str, dict[str, RpcPolicy]] = {
         # CHATMESH_SYNC_BARRIER_TIMEOUT_S), e.g. while a dead persister's partitions move over.
         "AckMessages": BARRIER,  # a device's position never moves back
         "SyncMessages": BARRIER,  # read
-        "ListMessages": RETRY,  # read
-        "ListConversations": RETRY,  # read
+        "ListMessages": BARRIER,  # read (behind the barrier: read your writes)
+        "ListConversations": BARRIER,  # read (behind the barrier)
     },
     GATEWAY: {
         "DeliverMessages": NO_RETRY,  # a retry could push a frame twice to a device
@@ -230,12 +230,14 @@ def _common_lb_config() -> dict[str, Any]:
 
 
 def _health_check_timing() -> dict[str, Any]:
+    """A busy (not dead) host must not be marked down: a dead one refuses connections, which
+    outlier detection ejects at once, so the active check can afford patience."""
     return {
-        "timeout": "1s",
+        "timeout": "2s",
         "interval": "1s",
         "no_traffic_interval": "1s",
         "unhealthy_interval": "1s",
-        "unhealthy_threshold": 2,
+        "unhealthy_threshold": 3,
         "healthy_threshold": 1,
         "interval_jitter": "0.1s",
     }

@@ -2,7 +2,8 @@
 
 The store's one owner serves its reads, so no other service shares its database.
 
-Sync barrier: before reading, a sync takes the log-end offset of every partition of the message
+Sync barrier: before reading, a sync (and a history or conversation listing) takes the log-end
+offset of every partition of the message
 topic and waits until the store has applied them all. Every message whose `message_ack` went out
 before the sync started (acks=all, so it is below the log end) is then in the store, including
 one the writer had not stored yet when the device reconnected. Waiting is bounded; past the bound
@@ -116,6 +117,7 @@ class MessageStoreServicer(store_pb2_grpc.MessageStoreServiceServicer):
             raise InvalidArgument(f"limit must be between 1 and {MAX_HISTORY_PAGE}", "bad_request")
         if peer_of(request.conversation_id, request.user_id) is None:
             raise PermissionDenied("not a participant of that conversation")
+        await self.barrier.wait()  # read your writes: what was acknowledged is listed
         rows = await self.store.history(
             request.conversation_id, request.before_msg_id, request.page_size + 1
         )
@@ -131,6 +133,7 @@ class MessageStoreServicer(store_pb2_grpc.MessageStoreServiceServicer):
         if not request.user_id:
             raise InvalidArgument("user_id is required")
         limit = _page_size(request.page_size, DEFAULT_CONVERSATIONS, MAX_CONVERSATIONS)
+        await self.barrier.wait()
         rows = await self.store.conversations(request.user_id, limit)
         return store_pb2.ListConversationsResponse(
             conversations=[
