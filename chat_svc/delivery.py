@@ -63,22 +63,26 @@ class LiveRouter:
             await self._hand_off(message)
             return
         by_gateway: dict[str, list[gateway_pb2.Delivery]] = defaultdict(list)
-        recipient_live = False
+        recipient_sockets: set[str] = set()
         for conn in found.connections:
             if conn.user_id == message.sender_id and conn.device_id == message.sender_device_id:
                 continue  # the sending device has its message_ack
             if conn.user_id == message.recipient_id:
-                recipient_live = True
+                recipient_sockets.add(conn.connection_id)
             by_gateway[conn.gateway_addr].append(
                 gateway_pb2.Delivery(connection_id=conn.connection_id, message=message)
             )
-        await asyncio.gather(*(self._deliver(addr, d) for addr, d in by_gateway.items()))
-        if not recipient_live and message.recipient_id != message.sender_id:
+        missed = await asyncio.gather(*(self._deliver(a, d) for a, d in by_gateway.items()))
+        # Presence may still list a socket that just closed, or a dead gateway's: the recipient
+        # counts as reached only if one of their sockets took the frame.
+        reached = recipient_sockets - set().union(*missed)
+        if not reached and message.recipient_id != message.sender_id:
             await self._hand_off(message)
 
-    async def _deliver(self, addr: str, deliveries: list[gateway_pb2.Delivery]) -> None:
+    async def _deliver(self, addr: str, deliveries: list[gateway_pb2.Delivery]) -> set[str]:
+        """Deliver to one gateway; returns the connection ids that did not take the frame."""
         try:
-            await self.gateways.DeliverMessages(
+            reply = await self.gateways.DeliverMessages(
                 gateway_pb2.DeliverMessagesRequest(deliveries=deliveries),
                 metadata=((GATEWAY_ADDR_HEADER, addr),),
                 timeout=self.timeout_s,
@@ -88,6 +92,8 @@ class LiveRouter:
                 "live delivery failed; devices will sync",
                 extra={"gateway": addr, "code": str(exc.code())},
             )
+            return {d.connection_id for d in deliveries}
+        return set(reply.unknown_connection_ids)
 
     async def _hand_off(self, message: message_pb2.Message) -> None:
         try:
