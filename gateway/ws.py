@@ -252,7 +252,8 @@ async def serve_socket(
     cfg = edge.cfg
     ws = web.WebSocketResponse(
         heartbeat=cfg.ws_heartbeat_s,
-        max_msg_size=cfg.max_frame_bytes,
+        # aiohttp refuses a frame of exactly max_msg_size; PROTOCOL.md closes only *over* 64 KiB.
+        max_msg_size=cfg.max_frame_bytes + 1,
         timeout=cfg.ws_close_timeout_s,
     )
     if not ws.can_prepare(request).ok:
