@@ -26,7 +26,13 @@ from chat_svc.ledger import SendLedger
 from chat_svc.logic import Chat, KnownUsers
 from chat_svc.service import ChatServicer, register
 from svckit import channels, lifecycle
-from svckit.config import ServiceConfig, load, setting
+from svckit.config import (
+    ServiceConfig,
+    kafka_bootstrap_setting,
+    load,
+    redis_url_setting,
+    setting,
+)
 from svckit.errors import Unavailable
 from svckit.kafka import MESSAGES_TOPIC, producer_config
 
@@ -35,12 +41,8 @@ DEFAULT_PORT = 9201
 
 @dataclass(frozen=True)
 class ChatConfig(ServiceConfig):
-    kafka_bootstrap: str = setting(
-        "CHATMESH_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers"
-    )
-    redis_url: str = setting(
-        "CHATMESH_REDIS_URL", "redis://127.0.0.1:6380/0", "Redis-protocol server"
-    )
+    kafka_bootstrap: str = kafka_bootstrap_setting()
+    redis_url: str = redis_url_setting()
     kafka_batch_max: int = setting(
         "CHATMESH_KAFKA_BATCH_MAX",
         10_000,

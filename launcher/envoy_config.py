@@ -31,17 +31,20 @@ from typing import Any
 
 from google.protobuf.descriptor import ServiceDescriptor
 
-GATEWAY_ADDR_HEADER = "x-chatmesh-gateway-addr"  # svckit.channels.GATEWAY_ADDR_HEADER
-CONVERSATION_HEADER = "x-chatmesh-conversation"  # svckit.channels.CONVERSATION_HEADER
-HOST = "127.0.0.1"
+# The authorities and headers the services use (svckit.channels); one virtual host and one
+# cluster per authority.
+from svckit.channels import (
+    CHAT,
+    CONVERSATION_HEADER,
+    GATEWAY,
+    GATEWAY_ADDR_HEADER,
+    NOTIFY,
+    PERSISTER,
+    PRESENCE,
+    USER,
+)
 
-# Authorities (svckit.channels); one virtual host and one cluster each.
-USER = "user-svc"
-CHAT = "chat-svc"
-PRESENCE = "presence-svc"
-NOTIFY = "notify-svc"
-PERSISTER = "persister"
-GATEWAY = "gateway"
+HOST = "127.0.0.1"
 GRPC_AUTHORITIES = (USER, CHAT, PRESENCE, NOTIFY, PERSISTER)
 
 GATEWAY_DIRECT_CLUSTER = "gateway-direct"

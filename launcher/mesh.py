@@ -33,6 +33,7 @@ from types import TracebackType
 
 from launcher import envoy_config, servers
 from launcher.servers import HOST, Child, StartError
+from svckit import channels
 
 DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / ".state"
 STATE_FILE = "launcher.json"
@@ -410,11 +411,11 @@ class Mesh:
             admin_port=p.envoy_admin,
             gateway_http_ports=p.gateway_http,
             grpc_ports={
-                envoy_config.USER: (p.user,),
-                envoy_config.CHAT: p.chat,
-                envoy_config.PRESENCE: (p.presence,),
-                envoy_config.NOTIFY: (p.notify,),
-                envoy_config.PERSISTER: p.persister,
+                channels.USER: (p.user,),
+                channels.CHAT: p.chat,
+                channels.PRESENCE: (p.presence,),
+                channels.NOTIFY: (p.notify,),
+                channels.PERSISTER: p.persister,
             },
             access_log_path=str(self._log("envoy-access")),
         )
@@ -429,17 +430,17 @@ class Mesh:
                 "user_svc",
                 p.user,
                 {"CHATMESH_USER_DB_DSN": self.dsn("users")},
-                cluster=envoy_config.USER,
+                cluster=channels.USER,
             ),
             ServiceSpec(
-                "presence_svc", "presence_svc", p.presence, redis, cluster=envoy_config.PRESENCE
+                "presence_svc", "presence_svc", p.presence, redis, cluster=channels.PRESENCE
             ),
             ServiceSpec(
                 "notify_svc",
                 "notify_svc",
                 p.notify,
                 {"CHATMESH_NOTIFY_DB_DSN": self.dsn("notify")},
-                cluster=envoy_config.NOTIFY,
+                cluster=channels.NOTIFY,
             ),
         ]
         for i, port in enumerate(p.persister, start=1):
@@ -449,7 +450,7 @@ class Mesh:
                     f"persister-{i}",
                     port,
                     {**kafka, "CHATMESH_MESSAGE_DB_DSN": self.dsn("messages")},
-                    cluster=envoy_config.PERSISTER,
+                    cluster=channels.PERSISTER,
                 )
             )
         for i, port in enumerate(p.chat, start=1):
@@ -460,7 +461,7 @@ class Mesh:
                     port,
                     # The local broker needs one record per batch for exact log-end offsets.
                     {**kafka, **redis, "CHATMESH_KAFKA_BATCH_MAX": "1"},
-                    cluster=envoy_config.CHAT,
+                    cluster=channels.CHAT,
                 )
             )
         for i, (http, grpc_port) in enumerate(zip(p.gateway_http, p.gateway_grpc, strict=True), 1):

@@ -22,7 +22,12 @@ from persister.history import Barrier, MessageStoreServicer
 from persister.logend import LogEnd
 from persister.stores.postgres import PostgresMessageStore, migrate
 from svckit import lifecycle
-from svckit.config import ServiceConfig, load, setting
+from svckit.config import (
+    ServiceConfig,
+    kafka_bootstrap_setting,
+    load,
+    setting,
+)
 from svckit.kafka import MESSAGES_TOPIC, consumer_config
 from svckit.pg import open_pool
 
@@ -33,9 +38,7 @@ DEFAULT_PORT = 9241
 
 @dataclass(frozen=True)
 class PersisterConfig(ServiceConfig):
-    kafka_bootstrap: str = setting(
-        "CHATMESH_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers"
-    )
+    kafka_bootstrap: str = kafka_bootstrap_setting()
     db_dsn: str = setting(
         "CHATMESH_MESSAGE_DB_DSN",
         "postgresql://chatmesh@127.0.0.1:5433/chatmesh_messages",

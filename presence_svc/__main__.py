@@ -10,16 +10,19 @@ from presence_svc.logic import DEFAULT_TTL_S, Policy
 from presence_svc.service import PresenceServicer, register
 from presence_svc.store import PresenceStore
 from svckit import lifecycle
-from svckit.config import ServiceConfig, load, setting
+from svckit.config import (
+    ServiceConfig,
+    load,
+    redis_url_setting,
+    setting,
+)
 
 DEFAULT_PORT = 9221
 
 
 @dataclass(frozen=True)
 class PresenceConfig(ServiceConfig):
-    redis_url: str = setting(
-        "CHATMESH_REDIS_URL", "redis://127.0.0.1:6380/0", "Redis-protocol server"
-    )
+    redis_url: str = redis_url_setting()
     default_ttl_s: int = setting(
         "CHATMESH_PRESENCE_TTL_S", DEFAULT_TTL_S, "TTL of a connection entry without a heartbeat"
     )

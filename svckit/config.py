@@ -114,3 +114,12 @@ class ServiceConfig:
 
     def instance(self) -> str:
         return self.instance_id or default_instance_id()
+
+
+# Settings more than one service reads, declared once.
+def redis_url_setting() -> Any:
+    return setting("CHATMESH_REDIS_URL", "redis://127.0.0.1:6380/0", "Redis-protocol server")
+
+
+def kafka_bootstrap_setting() -> Any:
+    return setting("CHATMESH_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers")

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from launcher import envoy_config, servers
+from svckit import channels
 
 NOT_RETRIED = {
     "/chatmesh.user.v1.UserService/CreateUser",
@@ -27,11 +28,11 @@ def _topology() -> envoy_config.Topology:
         admin_port=19901,
         gateway_http_ports=(18091, 18092),
         grpc_ports={
-            envoy_config.USER: (19211,),
-            envoy_config.CHAT: (19201, 19202),
-            envoy_config.PRESENCE: (19221,),
-            envoy_config.NOTIFY: (19231,),
-            envoy_config.PERSISTER: (19241,),
+            channels.USER: (19211,),
+            channels.CHAT: (19201, 19202),
+            channels.PRESENCE: (19221,),
+            channels.NOTIFY: (19231,),
+            channels.PERSISTER: (19241,),
         },
     )
 
@@ -88,7 +89,7 @@ def test_only_idempotent_methods_are_retried(config: dict[str, Any]) -> None:
 
 
 def test_retry_policy_details(config: dict[str, Any]) -> None:
-    routes = _mesh_routes(config)[envoy_config.USER]
+    routes = _mesh_routes(config)[channels.USER]
     get_user = next(r for r in routes if r["match"].get("path", "").endswith("/GetUser"))
     policy = get_user["route"]["retry_policy"]
     assert policy["retry_on"] == "unavailable,reset,connect-failure,refused-stream"
@@ -117,7 +118,7 @@ def test_gateway_host_routes_by_header_to_original_dst(config: dict[str, Any]) -
         "use_http_header": True,
         "http_header_name": "x-chatmesh-gateway-addr",
     }
-    for route in _mesh_routes(config)[envoy_config.GATEWAY]:
+    for route in _mesh_routes(config)[channels.GATEWAY]:
         if "route" in route:
             assert route["route"]["cluster"] == envoy_config.GATEWAY_DIRECT_CLUSTER
             assert route["match"]["headers"][0]["name"] == "x-chatmesh-gateway-addr"
@@ -134,7 +135,7 @@ def test_service_clusters_health_check_and_never_panic(config: dict[str, Any]) -
         assert "outlier_detection" in cluster
         options = cluster["typed_extension_protocol_options"]
         assert "http2_protocol_options" in next(iter(options.values()))["explicit_http_config"]
-    chat = _cluster(config, envoy_config.CHAT)
+    chat = _cluster(config, channels.CHAT)
     endpoints = chat["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert [e["endpoint"]["address"]["socket_address"]["port_value"] for e in endpoints] == [
         19201,
@@ -179,9 +180,9 @@ def test_everything_binds_loopback_only(config: dict[str, Any]) -> None:
 
 
 def test_a_method_without_policy_fails_rendering(monkeypatch: pytest.MonkeyPatch) -> None:
-    user = dict(envoy_config.RPC_POLICIES[envoy_config.USER])
+    user = dict(envoy_config.RPC_POLICIES[channels.USER])
     del user["GetUser"]
-    monkeypatch.setitem(envoy_config.RPC_POLICIES, envoy_config.USER, user)
+    monkeypatch.setitem(envoy_config.RPC_POLICIES, channels.USER, user)
     with pytest.raises(ValueError, match="GetUser"):
         envoy_config.render(_topology())
 
@@ -189,8 +190,8 @@ def test_a_method_without_policy_fails_rendering(monkeypatch: pytest.MonkeyPatch
 def test_send_message_is_hashed_on_the_conversation_onto_a_chat_ring() -> None:
     config = envoy_config.render(_topology())
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    assert clusters[envoy_config.CHAT]["lb_policy"] == "RING_HASH"
-    assert clusters[envoy_config.USER]["lb_policy"] == "ROUND_ROBIN"
+    assert clusters[channels.CHAT]["lb_policy"] == "RING_HASH"
+    assert clusters[channels.USER]["lb_policy"] == "ROUND_ROBIN"
     routes = [
         route
         for listener in config["static_resources"]["listeners"]
