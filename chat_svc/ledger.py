@@ -1,10 +1,10 @@
 """The send ledger in Redis: what chat_svc accepted, for idempotency and per-conversation order.
 
 - `chat:{sender}:sent:{client_msg_id}` holds the accepted record, prefixed `P` while it is being
-  published and `D` once the log acknowledged it. A retry on any instance, at any time within the
-  retention, finds it and gets the same msg_id. A `P` record found by a retry (the first attempt
-  died between claiming and answering) is published again: the persister's upsert by msg_id and
-  the clients' dedupe by msg_id make that harmless.
+  published and routed, and `D` once the log acknowledged it and live delivery was attempted. A
+  retry on any instance, at any time within the retention, finds it and gets the same msg_id. A
+  `P` record found by a retry (the first attempt died half way) is published and routed again:
+  the persister's upsert by msg_id and the clients' dedupe by msg_id make that harmless.
 - `chat:{conversation}:last` holds the newest msg_id given out in a conversation, so after a
   fail-over to another instance new ids continue above it (`IdGenerator.floor`). Ids are stored
   zero-padded, because Lua compares numbers as doubles and msg_ids need 63 bits.
@@ -27,12 +27,6 @@ if (not current) or current < ARGV[1] then
   return ARGV[1]
 end
 return current
-"""
-_FORGET = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
 """
 
 
@@ -75,11 +69,6 @@ class SendLedger:
     async def mark_durable(self, message: message_pb2.Message) -> None:
         key = _sent_key(message.sender_id, message.client_msg_id)
         await self.client.set(key, DURABLE + message.SerializeToString(), px=self.retention_ms)
-
-    async def forget(self, message: message_pb2.Message) -> None:
-        """Drop a pending claim whose publish failed, so a retry starts afresh."""
-        key = _sent_key(message.sender_id, message.client_msg_id)
-        await self.client.eval(_FORGET, 1, key, PENDING + message.SerializeToString())
 
     async def last_id(self, conversation: str) -> int:
         raw = await self.client.get(_last_key(conversation))

@@ -143,6 +143,14 @@ class Chat:
     async def send(self, request: chat_pb2.SendMessageRequest) -> Accepted:
         validate(request)
         conversation = conversation_id(request.sender_id, request.recipient_id)
+        # A caller may give up half way (its gateway died, its deadline passed): the accept
+        # sequence still runs to its end, so no claim is left half done and a later retry, or
+        # the next message of the conversation, finds it published and routed, in order.
+        work = asyncio.ensure_future(self._send(request, conversation))
+        work.add_done_callback(_retrieve)
+        return await asyncio.shield(work)
+
+    async def _send(self, request: chat_pb2.SendMessageRequest, conversation: str) -> Accepted:
         async with self.locks.hold(conversation):
             entry = await self.ledger.get(request.sender_id, request.client_msg_id)
             if entry is not None:
@@ -154,13 +162,12 @@ class Chat:
             if earlier is not None:
                 return await self._repeat(earlier.message, earlier.durable)
             await self.ledger.advance(conversation, message.msg_id)
-            try:
-                await self._publish(message)
-            except Unavailable:
-                await self.ledger.forget(message)
-                raise
-            await self.ledger.mark_durable(message)
+            # A failed publish keeps the claim: the broker may have the record all the same
+            # (a timeout is ambiguous), so a retry republishes it under the same msg_id.
+            await self._publish(message)
             await self.router.route(message)
+            # Durable *and routed*: a retry that finds a pending claim finishes both.
+            await self.ledger.mark_durable(message)
             return Accepted(message, duplicate=False)
 
     async def _number(
@@ -197,8 +204,15 @@ class Chat:
 
     async def _repeat(self, message: message_pb2.Message, durable: bool) -> Accepted:
         if not durable:
-            # The first attempt died between claiming and answering: finish its work.
+            # The first attempt died between claiming and being routed: finish its work. The
+            # record may reach the log twice under one msg_id; the store and clients dedupe.
             await self._publish(message)
-            await self.ledger.mark_durable(message)
             await self.router.route(message)
+            await self.ledger.mark_durable(message)
         return Accepted(message, duplicate=True)
+
+
+def _retrieve(task: asyncio.Future[Accepted]) -> None:
+    """Consume the outcome of a send whose caller went away, so it is not reported as lost."""
+    if not task.cancelled() and task.exception() is not None:
+        log.info("a send finished with an error after its caller left")
