@@ -276,6 +276,10 @@ def _gateway_direct_cluster() -> dict[str, Any]:
 
 
 def _gateway_http_cluster(host: str, ports: Sequence[int]) -> dict[str, Any]:
+    """No outlier detection here: Envoy counts every WebSocket the client closes as a local-origin
+    failure of the upstream, so a few closes would eject healthy gateways. A dead gateway is found
+    by the active check on /livez, and meanwhile the edge retries a refused connection on another
+    gateway."""
     return {
         "name": GATEWAY_HTTP_CLUSTER,
         "type": "STATIC",
@@ -284,7 +288,6 @@ def _gateway_http_cluster(host: str, ports: Sequence[int]) -> dict[str, Any]:
         "load_assignment": _endpoints(GATEWAY_HTTP_CLUSTER, host, ports),
         "health_checks": [{**_health_check_timing(), "http_health_check": {"path": "/livez"}}],
         "common_lb_config": _common_lb_config(),
-        "outlier_detection": _outlier_detection_local_origin(),
     }
 
 

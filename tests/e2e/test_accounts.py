@@ -410,28 +410,6 @@ async def test_ws_bad_frames_keep_the_socket_open(http: aiohttp.ClientSession, e
         assert not ws.closed
 
 
-async def test_ws_messaging_not_enabled_yet(http: aiohttp.ClientSession, edge: str) -> None:
-    _, token = await new_session(http, edge)
-    peer = await register(http, edge)
-    async with http.ws_connect(ws_url(edge, token)) as ws:
-        await ws.send_json(
-            {
-                "action": "send_message",
-                "to": peer["user_id"],
-                "content": "hello",
-                "timestamp": int(time.time()),
-                "client_msg_id": "c-1",
-            }
-        )
-        frame = await receive(ws)
-        assert (frame["action"], frame["code"], frame.get("client_msg_id")) == (
-            "error",
-            "unavailable",
-            "c-1",
-        )
-        await ping(ws)
-
-
 async def test_ws_frame_over_64_kib_closes_1009(http: aiohttp.ClientSession, edge: str) -> None:
     _, token = await new_session(http, edge)
     async with http.ws_connect(ws_url(edge, token)) as ws:

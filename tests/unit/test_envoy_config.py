@@ -154,9 +154,9 @@ def test_edge_serves_websockets_without_timeouts(config: dict[str, Any]) -> None
     gateways = _cluster(config, envoy_config.GATEWAY_HTTP_CLUSTER)
     assert gateways["health_checks"][0]["http_health_check"] == {"path": "/livez"}
     assert gateways["common_lb_config"]["healthy_panic_threshold"]["value"] == 0
-    outlier = gateways["outlier_detection"]
-    assert outlier["split_external_local_origin_errors"] is True
-    assert outlier["enforcing_consecutive_5xx"] == 0  # a 503 answer does not eject a gateway
+    # Client-closed WebSockets count as local-origin failures in Envoy: no outlier ejection of
+    # gateways, or a few closes would take the edge down (the active check finds dead ones).
+    assert "outlier_detection" not in gateways
 
 
 def test_edge_local_replies_are_json_errors(config: dict[str, Any]) -> None:
