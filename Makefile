@@ -43,7 +43,7 @@ breaking: install
 typecheck: install
 	$(BIN)/mypy svckit gateway user_svc chat_svc presence_svc notify_svc persister launcher
 
-test: install lint
+test: install lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: install
