@@ -468,3 +468,30 @@ async def test_sigterm_closes_sockets_1001_and_exits_in_time(
         assert not gateway.alive()
         assert gateway.child.returncode() == 0  # a clean exit, not a kill
         await ping(ws_other)
+
+
+async def test_a_dependency_that_is_down_is_503_unavailable(
+    http: aiohttp.ClientSession, mesh: Mesh, edge: str
+) -> None:
+    profile, token = await new_session(http, edge)
+    await asyncio.to_thread(mesh.stop_instance, "user_svc")
+    try:
+        answer = await call(
+            http, "POST", f"{edge}/api/v1/users", json={"username": unique(), "password": PASSWORD}
+        )
+        assert_error(answer, 503, "unavailable")
+        answer = await call(http, "GET", f"{edge}/api/v1/users/{profile['user_id']}", token=token)
+        assert_error(answer, 503, "unavailable")
+        # Each gateway reuses its readiness verdict for a second: poll until one says 503.
+        deadline = time.monotonic() + 10
+        while (health := await call(http, "GET", f"{edge}/healthz"))[0] != 503:
+            assert time.monotonic() < deadline, "/healthz kept answering 200 with user_svc down"
+            await asyncio.sleep(0.1)  # poll interval under the deadline
+        assert_error(health, 503, "unavailable")
+    finally:
+        await asyncio.to_thread(mesh.restart_instance, "user_svc")
+    deadline = time.monotonic() + 10
+    while (await call(http, "GET", f"{edge}/healthz"))[0] != 200:
+        assert time.monotonic() < deadline, "/healthz stayed 503 after user_svc came back"
+        await asyncio.sleep(0.1)  # poll interval under the deadline
+    await register(http, edge)
