@@ -1,7 +1,8 @@
 """`python -m launcher up` runs the whole mesh in the foreground; `python -m launcher clean`.
 
 `up` starts every server and service (launcher/mesh.py), prints one line per component as it
-becomes ready, then runs until Ctrl-C, SIGTERM or SIGHUP, and stops everything in order. It stays
+becomes ready, then runs until Ctrl-C, SIGTERM or SIGHUP, and stops everything in order. A service
+that dies meanwhile is restarted on its ports (`Supervisor`). It stays
 in the foreground on purpose: Envoy exits with its parent, and one long-lived parent is what
 guarantees no process outlives `up`.
 
@@ -21,6 +22,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -84,13 +86,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
 
     print(f"launcher: ready on {mesh.edge_url} (state {mesh.state_dir}); Ctrl-C stops", flush=True)
-    reported: set[str] = set()
+    supervisor = Supervisor(mesh)
     try:
         while not stop.wait(0.5):
-            for inst in mesh.dead_instances():
-                if inst.name not in reported:
-                    reported.add(inst.name)
-                    _err(inst.child.describe_failure())
+            supervisor.tick(time.monotonic())
     finally:
         print("launcher: stopping", flush=True)
         mesh.stop()
@@ -99,6 +98,43 @@ def cmd_up(args: argparse.Namespace) -> int:
             _err(f"killed processes that had escaped their group: {orphans}")
         print("launcher: stopped", flush=True)
     return 0
+
+
+class Supervisor:
+    """Restarts a service that died, as Kubernetes would, with backoff; reports dead servers.
+
+    Services keep no state of their own (the broker, PostgreSQL and Valkey do), so starting one
+    again on the same ports is always safe. A server that died is reported, not restarted: the
+    local broker keeps its log in memory, and a silent restart would hide that loss.
+    """
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self.next_try: dict[str, float] = {}
+        self.backoff: dict[str, float] = {}
+        self.reported: set[str] = set()
+
+    def tick(self, now: float) -> None:
+        for inst in self.mesh.dead_instances():
+            if inst.kind != "service":
+                if inst.name not in self.reported:
+                    self.reported.add(inst.name)
+                    _err(inst.child.describe_failure())
+                continue
+            if now < self.next_try.get(inst.name, 0.0):
+                continue
+            _err(f"{inst.name} exited ({inst.child.returncode()}); restarting it")
+            delay = self.backoff.get(inst.name, 1.0)
+            try:
+                self.mesh.restart_instance(inst.name, timeout_s=30)
+            except (MeshError, servers.StartError) as exc:
+                _err(f"{inst.name} did not come back: {exc}; next try in {delay:.0f} s")
+                self.backoff[inst.name] = min(delay * 2, 30.0)
+                self.next_try[inst.name] = time.monotonic() + delay
+            else:
+                print(f"launcher: {inst.name} restarted, pid {inst.pid}", flush=True)
+                self.backoff.pop(inst.name, None)
+                self.next_try.pop(inst.name, None)
 
 
 def cmd_clean(args: argparse.Namespace) -> int:

@@ -95,6 +95,25 @@ def test_up_then_sigterm_leaves_no_process_and_no_port(tmp_path: Path) -> None:
 
         _poll(edge_ready, READY_DEADLINE_S, "GET /healthz on the launcher's edge == 200")
 
+        # A service that dies is started again, like a pod; the mesh serves again.
+        def chat_pid() -> int:
+            processes = json.loads((state / "launcher.json").read_text())["processes"]
+            return int(processes["chat_svc-1"]["pid"])
+
+        killed = chat_pid()
+        os.kill(killed, signal.SIGKILL)
+        _poll(
+            lambda: chat_pid() != killed and _stat(chat_pid()) is not None,
+            READY_DEADLINE_S,
+            "chat_svc-1 restarted by the launcher",
+        )
+        _poll(
+            lambda: "chat_svc-1 restarted" in launcher_log.read_text(),
+            READY_DEADLINE_S,
+            "the launcher reporting the restart",
+        )
+        _poll(edge_ready, READY_DEADLINE_S, "GET /healthz == 200 after the restart")
+
         descendants = _descendants(launcher.pid)
         recorded = json.loads((state / "launcher.json").read_text())["processes"]
         recorded_pids = {info["pid"] for info in recorded.values()}
