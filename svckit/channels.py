@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import grpc
 
+from svckit import metrics, telemetry
+
 GATEWAY_ADDR_HEADER = "x-chatmesh-gateway-addr"
 # SendMessage carries the conversation id here; Envoy hashes it onto the chat_svc ring.
 CONVERSATION_HEADER = "x-chatmesh-conversation"
@@ -31,7 +33,12 @@ _OPTIONS = [
 
 
 def mesh_channel(mesh_addr: str, authority: str) -> grpc.aio.Channel:
-    """A channel to `authority` through Envoy at `mesh_addr` (host:port)."""
+    """A channel to `authority` through Envoy at `mesh_addr` (host:port).
+
+    Every call on it is counted and timed (`svckit.metrics.ClientMetrics`) and, when tracing is
+    on, traced with its context propagated (`svckit.telemetry`)."""
     return grpc.aio.insecure_channel(
-        mesh_addr, options=[*_OPTIONS, ("grpc.default_authority", authority)]
+        mesh_addr,
+        options=[*_OPTIONS, ("grpc.default_authority", authority)],
+        interceptors=[*telemetry.client_interceptors(), metrics.ClientMetrics()],  # type: ignore[list-item]
     )

@@ -108,6 +108,14 @@ class ServiceConfig:
     )
     log_level: str = setting("CHATMESH_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
     instance_id: str = setting("CHATMESH_INSTANCE_ID", "", "this process's name (default host-pid)")
+    metrics_host: str = setting(
+        "CHATMESH_METRICS_HOST", "127.0.0.1", "address the Prometheus /metrics endpoint binds"
+    )
+    metrics_port: int = setting(
+        "CHATMESH_METRICS_PORT",
+        0,
+        "port of the Prometheus /metrics endpoint (0: the service's default, in the port table)",
+    )
 
     def bind_port(self, default: int) -> int:
         return self.grpc_port or default

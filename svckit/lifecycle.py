@@ -10,11 +10,17 @@ SIGTERM or SIGINT, then shuts down in this order:
     cleanups, newest first                  # pools, producers, tasks
 
 so a process exits well within 10 seconds with its in-flight calls completed.
+
+`run()` is every process's entry point: JSON logs, tracing when the `OTEL_*` variables ask
+(`svckit.telemetry`, flushed at exit), and the Prometheus endpoint (`svckit.metrics`). Every
+server gets the tracing interceptor (when on), the metrics interceptor and the error mapping, in
+that order from the outside in, so spans and metrics see the status the caller gets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import signal
 import sys
@@ -26,7 +32,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from svckit import logs
+from svckit import logs, metrics, telemetry
 from svckit.config import ConfigError, ServiceConfig, load
 from svckit.errors import ErrorInterceptor, StartupError
 
@@ -69,7 +75,14 @@ async def start_server(
     interceptors: Iterable[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> Server:
     """Bind and start a server; `register` adds servicers and returns their full service names."""
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(), *interceptors])
+    server = grpc.aio.server(
+        interceptors=[
+            *telemetry.server_interceptors(),
+            metrics.ServerMetrics(),
+            ErrorInterceptor(),
+            *interceptors,
+        ]
+    )
     names = list(register(server))
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -109,14 +122,40 @@ async def wait_for_stop_signal() -> None:
 ServiceMain = Callable[[], Coroutine[Any, Any, None]]
 
 
-def run(service: str, main: ServiceMain) -> None:
-    """Process entry point: JSON logs, uvloop when present, clean exit codes."""
+def _version() -> str:
     try:
-        logs.setup(service, load(ServiceConfig).log_level)
+        return importlib.metadata.version("chatmesh")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
+        return "unknown"
+
+
+def run(service: str, main: ServiceMain) -> None:
+    """Process entry point: JSON logs, tracing if configured, the metrics endpoint (on
+    CHATMESH_METRICS_PORT, else the service's default in `metrics.DEFAULT_PORTS`, else any free
+    port), uvloop when present, clean exit codes."""
+    try:
+        cfg = load(ServiceConfig)
+        logs.setup(service, cfg.log_level)
+        telemetry.setup(service, cfg.instance())
     except (ConfigError, ValueError) as exc:
         logs.setup(service)
-        log.error(str(exc))
+        log.error(str(exc), extra={"event": "start_failed"})
         sys.exit(2)
+    port = cfg.metrics_port or metrics.DEFAULT_PORTS.get(service, 0)
+    try:
+        endpoint, bound = metrics.serve(cfg.metrics_host, port)
+    except OSError as exc:
+        log.error(
+            f"cannot bind the metrics endpoint {cfg.metrics_host}:{port} "
+            f"(CHATMESH_METRICS_PORT): {exc}",
+            extra={"event": "start_failed"},
+        )
+        sys.exit(2)
+    metrics.BUILD_INFO.info({"service": service, "version": _version()})
+    log.info(
+        "metrics endpoint",
+        extra={"event": "metrics", "url": f"http://{cfg.metrics_host}:{bound}/metrics"},
+    )
     try:
         import uvloop
 
@@ -133,6 +172,9 @@ def run(service: str, main: ServiceMain) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         pass
+    finally:
+        telemetry.shutdown()
+        endpoint.server_close()  # its thread is a daemon: no wait for its poll interval
 
 
 async def serve_forever(

@@ -1,0 +1,174 @@
+"""Metrics: one Prometheus endpoint per process (prometheus-client), and the gRPC metrics every
+service shares.
+
+`serve()` (called once per process by `svckit.lifecycle.run`) exposes the process's default
+registry on `http://CHATMESH_METRICS_HOST:CHATMESH_METRICS_PORT/metrics`, 127.0.0.1 unless told
+otherwise. Each component declares what it measures next to the code that measures it
+(`gateway/metrics.py`, `chat_svc/metrics.py`, `persister/metrics.py`); this module holds what
+every process has:
+
+- `grpc_server_handled_total{grpc_service,grpc_method,grpc_code}` and
+  `grpc_server_handling_seconds{grpc_service,grpc_method}`, by `ServerMetrics`, an interceptor
+  on every server (`svckit.lifecycle.start_server`);
+- `grpc_client_handled_total{...}` and `grpc_client_handling_seconds{...}`, by `ClientMetrics`,
+  on every mesh channel (`svckit.channels.mesh_channel`), so a caller sees what Envoy and the
+  callee cost it, timeouts included;
+- `chatmesh_build_info{service,version}` (always 1: which processes exist, for joins);
+- prometheus-client's `process_*` and `python_*` families.
+
+Names follow the Prometheus conventions (base units, `_total` counters, `_seconds`), and the
+gRPC names are those of go-grpc-prometheus, so existing dashboards read them; `grpc_code` is
+the Python enum's name (`OK`, `UNAVAILABLE`, ...).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import Counter, Histogram, Info, start_http_server
+
+# Each service's endpoint port when CHATMESH_METRICS_PORT is not set: its gRPC default + 100 (the
+# launcher's port plan starts from these; a second instance takes the next port).
+DEFAULT_PORTS: dict[str, int] = {
+    "gateway": 9291,
+    "chat_svc": 9301,
+    "user_svc": 9311,
+    "presence_svc": 9321,
+    "notify_svc": 9331,
+    "persister": 9341,
+}
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+BUILD_INFO = Info("chatmesh_build", "Which chatmesh service this process runs, and its version.")
+
+GRPC_SERVER_HANDLED = Counter(
+    "grpc_server_handled_total",
+    "gRPC calls this server completed, by method and status code.",
+    ["grpc_service", "grpc_method", "grpc_code"],
+)
+GRPC_SERVER_SECONDS = Histogram(
+    "grpc_server_handling_seconds",
+    "Time this server took to answer a gRPC call, by method.",
+    ["grpc_service", "grpc_method"],
+    buckets=LATENCY_BUCKETS,
+)
+GRPC_CLIENT_HANDLED = Counter(
+    "grpc_client_handled_total",
+    "gRPC calls this process made through the mesh, by method and status code.",
+    ["grpc_service", "grpc_method", "grpc_code"],
+)
+GRPC_CLIENT_SECONDS = Histogram(
+    "grpc_client_handling_seconds",
+    "Time a gRPC call this process made took until its answer, by method.",
+    ["grpc_service", "grpc_method"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def serve(host: str, port: int) -> tuple[WSGIServer, int]:
+    """Start the /metrics endpoint in a daemon thread; return the server and the bound port.
+
+    Raises OSError when the port is taken."""
+    server, _thread = start_http_server(port, addr=host)
+    return server, int(server.server_port)
+
+
+def split_method(method: str | bytes) -> tuple[str, str]:
+    """`/chatmesh.chat.v1.ChatService/SendMessage` -> (`chatmesh.chat.v1.ChatService`, name)."""
+    text = method.decode() if isinstance(method, bytes) else method
+    service, _, name = text.lstrip("/").rpartition("/")
+    return service or "unknown", name or "unknown"
+
+
+_Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+def _code_name(code: Any) -> str:
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
+class ServerMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Counts and times every unary call a server answers, with its final status code."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner: _Handler = handler.unary_unary  # type: ignore[assignment]
+        service, method = split_method(handler_call_details.method)
+        handled = GRPC_SERVER_HANDLED
+        seconds = GRPC_SERVER_SECONDS.labels(service, method)
+
+        async def measured(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            start = time.perf_counter()
+            code = "OK"
+            try:
+                return await inner(request, context)
+            except grpc.aio.AbortError:
+                code = _code_name(context.code())
+                raise
+            except BaseException:  # cancelled by the caller, or a bug below the error mapping
+                code = "CANCELLED" if context.cancelled() else "UNKNOWN"
+                raise
+            finally:
+                seconds.observe(time.perf_counter() - start)
+                handled.labels(service, method, code).inc()
+
+        return grpc.unary_unary_rpc_method_handler(
+            measured,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class ClientMetrics(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Counts and times every unary call made on a channel, until its status is known."""
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        service, method = split_method(client_call_details.method)
+        start = time.perf_counter()
+        code = "UNKNOWN"
+        try:
+            call = await continuation(client_call_details, request)
+            code = _code_name(await call.code())
+            return call
+        except grpc.aio.AioRpcError as exc:
+            code = _code_name(exc.code())
+            raise
+        except BaseException:
+            code = "CANCELLED"
+            raise
+        finally:
+            GRPC_CLIENT_SECONDS.labels(service, method).observe(time.perf_counter() - start)
+            GRPC_CLIENT_HANDLED.labels(service, method, code).inc()
