@@ -30,6 +30,7 @@ from chatmesh.message.v1 import message_pb2
 from chatmesh.notify.v1 import notify_pb2, notify_pb2_grpc
 from chatmesh.presence.v1 import presence_pb2, presence_pb2_grpc
 
+from chat_svc import metrics as m
 from svckit.channels import GATEWAY_ADDR_HEADER
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,9 @@ class LiveRouter:
         # Presence may still list a socket that just closed, or a dead gateway's: the recipient
         # counts as reached only if one of their sockets took the frame.
         reached = recipient_sockets - set().union(*missed)
-        if not reached and message.recipient_id != message.sender_id:
+        if reached:
+            m.DELIVERED_LIVE.inc()
+        elif message.recipient_id != message.sender_id:
             await self._hand_off(message)
 
     async def _deliver(self, addr: str, deliveries: list[gateway_pb2.Delivery]) -> set[str]:
@@ -88,6 +91,7 @@ class LiveRouter:
                 timeout=self.timeout_s,
             )
         except grpc.aio.AioRpcError as exc:
+            m.LIVE_DELIVERY_FAILURES.inc()
             log.warning(
                 "live delivery failed; devices will sync",
                 extra={"gateway": addr, "code": str(exc.code())},
@@ -108,4 +112,7 @@ class LiveRouter:
                 timeout=self.timeout_s,
             )
         except grpc.aio.AioRpcError as exc:
+            m.PUSH_HANDOFF_FAILURES.inc()
             log.warning("push hand-off failed", extra={"code": str(exc.code())})
+            return
+        m.HANDED_TO_PUSH.inc()

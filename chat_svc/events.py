@@ -3,15 +3,24 @@
 `publish()` returns once the broker acknowledged the record with acks=all (or raises). A
 background thread serves the producer's delivery callbacks (`poll`), which resolve the awaiting
 futures on the event loop, as in confluent-kafka's asyncio example.
+
+Each publish is timed (`chatmesh_kafka_produce_seconds`) and, with tracing on, is a PRODUCER span
+`send <topic>` whose context travels in the record's headers (`traceparent`), where the
+persister picks it up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
+from opentelemetry.trace import SpanKind
+
+from chat_svc import metrics as m
+from svckit import telemetry
 
 
 class PublishError(Exception):
@@ -31,6 +40,24 @@ class LogProducer:
 
     async def publish(self, topic: str, key: bytes, value: bytes) -> tuple[int, int]:
         """Produce one record; return (partition, offset) once it is durable."""
+        start = time.perf_counter()
+        attributes = {"messaging.system": "kafka", "messaging.destination.name": topic}
+        with telemetry.span(f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes) as span:
+            try:
+                partition, offset = await self._produce(topic, key, value, telemetry.inject())
+            except PublishError:
+                m.KAFKA_PRODUCE_ERRORS.inc()
+                raise
+            finally:
+                m.KAFKA_PRODUCE_SECONDS.observe(time.perf_counter() - start)
+            if span is not None:
+                span.set_attribute("messaging.destination.partition.id", str(partition))
+                span.set_attribute("messaging.kafka.offset", offset)
+        return partition, offset
+
+    async def _produce(
+        self, topic: str, key: bytes, value: bytes, headers: telemetry.KafkaHeaders
+    ) -> tuple[int, int]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[tuple[int, int]] = loop.create_future()
 
@@ -43,7 +70,9 @@ class LogProducer:
 
         while True:
             try:
-                self._producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+                self._producer.produce(
+                    topic, key=key, value=value, headers=headers or None, on_delivery=on_delivery
+                )
                 break
             except BufferError:
                 await asyncio.sleep(0.01)  # local queue full: let the poller drain it

@@ -24,6 +24,7 @@ from typing import Protocol
 from chatmesh.chat.v1 import chat_pb2
 from chatmesh.message.v1 import message_pb2
 
+from chat_svc import metrics as m
 from chat_svc.events import PublishError
 from chat_svc.ids import ClockError, IdGenerator
 from chat_svc.ledger import SendLedger
@@ -168,6 +169,7 @@ class Chat:
             await self.router.route(message)
             # Durable *and routed*: a retry that finds a pending claim finishes both.
             await self.ledger.mark_durable(message)
+            m.ACCEPTED.inc()
             return Accepted(message, duplicate=False)
 
     async def _number(
@@ -209,6 +211,8 @@ class Chat:
             await self._publish(message)
             await self.router.route(message)
             await self.ledger.mark_durable(message)
+            m.ACCEPTED.inc()  # the first attempt never got this far
+        m.DUPLICATE_SENDS.inc()
         return Accepted(message, duplicate=True)
 
 

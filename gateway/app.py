@@ -21,6 +21,7 @@ from chatmesh.user.v1 import user_pb2
 from gateway import edge_errors, frames, ws
 from gateway.edge_errors import EdgeError
 from gateway.messaging import message_object
+from svckit import telemetry
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +307,10 @@ async def _drain(app: web.Application) -> None:
 
 
 def build_app(edge: ws.Edge) -> web.Application:
-    """The edge application; its owner starts the gRPC side and closes `edge.clients`."""
+    """The edge application; its owner starts the gRPC side and closes `edge.clients`.
+
+    With tracing on, every request but the probes gets a span that continues Envoy's."""
+    telemetry.instrument_aiohttp_server()  # before the Application exists: it adds a middleware
     app = web.Application(middlewares=[error_middleware], client_max_size=edge.cfg.max_body_bytes)
     app[EDGE] = edge
     app[READINESS] = Readiness(edge)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ from chatmesh.chat.v1 import chat_pb2
 from chatmesh.message.v1 import message_pb2
 
 from gateway import edge_errors, frames
+from gateway import metrics as m
 from gateway.clients import Clients
 from gateway.config import GatewayConfig
 from svckit.conversations import conversation_id
@@ -167,8 +169,7 @@ class Messaging:
             return
         if live.already_synced(message):
             return
-        await conn.send(new_message_frame(message))
-        live.remember(message)
+        await _write_live(conn, message)
 
     # -- holding -------------------------------------------------------------------------------
 
@@ -198,8 +199,7 @@ class Messaging:
         while live.held:
             message = live.held.pop(0)
             if not live.already_synced(message):
-                await conn.send(new_message_frame(message))
-                live.remember(message)
+                await _write_live(conn, message)
         live.holding = False
 
     def forget(self, conn: Socket) -> None:
@@ -207,6 +207,15 @@ class Messaging:
         if conn.live.release_timer is not None:
             conn.live.release_timer.cancel()
         conn.live.held.clear()
+
+
+async def _write_live(conn: Socket, message: message_pb2.Message) -> None:
+    """Write a live frame; its delivery latency is measured from chat_svc's acceptance."""
+    if await conn.send(new_message_frame(message)):
+        if message.server_ts_ms:
+            latency_ms = time.time_ns() // 1_000_000 - message.server_ts_ms
+            m.DELIVERY_LATENCY.observe(max(latency_ms, 0) / 1000)
+    conn.live.remember(message)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -12,9 +12,11 @@ from collections.abc import Callable, Iterable
 
 import grpc
 from chatmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from opentelemetry.trace import SpanKind
 
 from gateway import ws
 from gateway.edge_errors import CloseCode
+from svckit import telemetry
 from svckit.errors import Context
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
@@ -40,9 +42,18 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
                 unknown.append(delivery.connection_id)
                 continue
             try:
-                await asyncio.wait_for(
-                    edge.messaging.deliver(conn, delivery.message), edge.cfg.deliver_timeout_s
-                )
+                with telemetry.span(
+                    "ws deliver new_message",
+                    kind=SpanKind.PRODUCER,
+                    attributes={
+                        "chatmesh.connection_id": conn.connection_id,
+                        "chatmesh.msg_id": str(delivery.message.msg_id),
+                        "chatmesh.held": conn.live.holding,
+                    },
+                ):
+                    await asyncio.wait_for(
+                        edge.messaging.deliver(conn, delivery.message), edge.cfg.deliver_timeout_s
+                    )
             except TimeoutError:
                 conn.request_close(CloseCode.GOING_AWAY, "too slow; reconnect and sync")
                 unknown.append(delivery.connection_id)

@@ -33,13 +33,16 @@ import grpc
 from aiohttp import WSMessage, WSMsgType, web
 from chatmesh.presence.v1 import presence_pb2
 from chatmesh.user.v1 import user_pb2
+from opentelemetry.trace import SpanKind
 
 from gateway import edge_errors, frames
+from gateway import metrics as m
 from gateway.clients import Clients
 from gateway.config import GatewayConfig
 from gateway.edge_errors import CloseCode, EdgeError
 from gateway.messaging import LiveState, Messaging
 from gateway.ratelimit import TokenBucket, Verdict
+from svckit import telemetry
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,9 @@ class Connection:
             asyncio.get_running_loop().create_future()
         )
         self.finished = asyncio.Event()  # the socket's task is done with it
+        self.rate_limited = False  # a frame of this socket was refused by the rate limit
+        # The upgrade request's span: each frame's own trace links to it (svckit.telemetry).
+        self.trace_link = telemetry.current_link()
 
     @property
     def closed(self) -> bool:
@@ -84,6 +90,10 @@ class Connection:
                 await self.ws.send_str(frames.encode(frame))
         except ConnectionError:
             return False
+        action = frame["action"]
+        m.FRAMES_SENT.labels(action).inc()
+        if action == "error":
+            m.FRAMES_REJECTED.labels(frame["code"]).inc()
         return True
 
     def request_close(self, code: int, reason: str = "") -> bool:
@@ -105,6 +115,7 @@ class Connection:
             return False
         # At most 123 bytes on the wire, cut on a character boundary.
         message = reason.encode()[:_MAX_CLOSE_REASON].decode(errors="ignore").encode()
+        m.SERVER_CLOSES.labels(str(code)).inc()
         try:
             return await self.ws.close(code=code, message=message)
         except ConnectionError:
@@ -151,12 +162,15 @@ class Registry:
         return len(self._by_id)
 
     def add(self, conn: Connection) -> None:
+        if conn.connection_id not in self._by_id:
+            m.SOCKETS.inc()
         self._by_id[conn.connection_id] = conn
         self._by_session.setdefault(conn.session_id, set()).add(conn.connection_id)
 
     def remove(self, conn: Connection) -> None:
         if self._by_id.get(conn.connection_id) is conn:
             del self._by_id[conn.connection_id]
+            m.SOCKETS.dec()
         ids = self._by_session.get(conn.session_id)
         if ids is not None:
             ids.discard(conn.connection_id)
@@ -263,6 +277,7 @@ async def serve_socket(
     if resume is not None:
         edge.messaging.hold(conn)
     edge.registry.add(conn)
+    m.SOCKETS_OPENED.inc()
     log.debug("socket open", extra={"connection_id": conn.connection_id, "user_id": conn.user_id})
     try:
         await _announce(edge, conn, token)
@@ -316,17 +331,45 @@ async def _withdraw(edge: Edge, conn: Connection) -> None:
         )
 
 
+_ACTIONS: dict[type, str] = {
+    frames.SendMessage: "send_message",
+    frames.Ack: "ack",
+    frames.Sync: "sync",
+    frames.Ping: "ping",
+}
+
+
 async def _dispatch(edge: Edge, conn: Connection, data: str | bytes) -> None:
     if conn.bucket is not None:
         verdict = conn.bucket.take()
         if verdict is not Verdict.ALLOW:
+            m.FRAMES_RECEIVED.labels("throttled").inc()
+            if not conn.rate_limited:
+                conn.rate_limited = True
+                m.RATE_LIMITED_SOCKETS.inc()
             await _refuse(conn, edge_errors.rate_limited(close=verdict is Verdict.CLOSE), None)
             return
     try:
         frame = frames.parse(data)
     except frames.FrameError as exc:
+        m.FRAMES_RECEIVED.labels("invalid").inc()
         await conn.send(frames.error(exc.code, exc.message, exc.client_msg_id))
         return
+    action = _ACTIONS[type(frame)]
+    m.FRAMES_RECEIVED.labels(action).inc()
+    # Each frame is the root of its own trace (one message = one trace), linked to the socket's.
+    links = [conn.trace_link] if conn.trace_link is not None else []
+    with telemetry.span(
+        f"ws {action}",
+        kind=SpanKind.SERVER,
+        root=True,
+        links=links,
+        attributes={"chatmesh.connection_id": conn.connection_id},
+    ):
+        await _handle(edge, conn, frame)
+
+
+async def _handle(edge: Edge, conn: Connection, frame: frames.ClientFrame) -> None:
     messaging = edge.messaging
     if isinstance(frame, frames.Ping):
         await conn.send(frames.pong())
