@@ -20,14 +20,25 @@ Two listeners in one Envoy:
   without timeout carries health `Watch` streams and reflection. The
   `gateway` host routes each call to the gateway instance named by `x-chatmesh-gateway-addr`
   (an ORIGINAL_DST cluster): chat_svc delivers a frame to the exact instance holding the socket.
+
+Tracing (only when `Topology.tracing` is given, i.e. an OTLP endpoint is configured): both
+listeners run Envoy's OpenTelemetry tracer, which continues the caller's W3C `traceparent`, adds
+one span per request (so every mesh hop shows what Envoy itself cost), and passes its own span
+on to the upstream. It exports OTLP to the same collector as the services (`otlp-collector`
+cluster), over HTTP (`/v1/traces`) or gRPC as `OTEL_EXPORTER_OTLP_PROTOCOL` says. Requests
+that arrive without a trace are sampled at `sampling_percent` (the edge's REST calls and
+WebSocket upgrades); a caller's decision is followed. Envoy's stats need no configuration:
+Prometheus scrapes the admin listener's `/stats/prometheus` as it is.
 """
 
 from __future__ import annotations
 
 import importlib
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from google.protobuf.descriptor import ServiceDescriptor
 
@@ -160,6 +171,80 @@ def rpc_policies() -> dict[str, list[Rpc]]:
     return result
 
 
+OTLP_CLUSTER = "otlp-collector"
+
+
+@dataclass(frozen=True)
+class Tracing:
+    """Where Envoy's OpenTelemetry tracer sends spans, and how much it samples on its own."""
+
+    host: str
+    port: int
+    protocol: str = "http/protobuf"  # or "grpc"
+    path: str = "/v1/traces"  # http/protobuf only
+    sampling_percent: float = 100.0
+    flush_interval_ms: int = 5000
+    service_name: str = "envoy"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Tracing | None:
+        """From the standard OTEL_* variables the services read too; None when tracing is off.
+
+        Raises ValueError naming the variable that Envoy cannot use."""
+        from svckit import telemetry
+
+        try:
+            cfg = telemetry.settings(environ)
+        except Exception as exc:
+            raise ValueError(str(exc)) from None
+        if not cfg.enabled:
+            return None
+        traces_endpoint = bool(environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        var = (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+            if traces_endpoint
+            else "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        url = urlsplit(cfg.endpoint if "//" in cfg.endpoint else f"http://{cfg.endpoint}")
+        if url.scheme != "http" or not url.hostname or url.port is None:
+            raise ValueError(f"{var} must be http://host:port for Envoy, got {cfg.endpoint!r}")
+        path = "/v1/traces"
+        if cfg.protocol == "http/protobuf" and traces_endpoint:
+            path = url.path or "/"  # the signal-specific variable is the full URL
+        elif cfg.protocol == "http/protobuf":
+            path = url.path.rstrip("/") + "/v1/traces"
+        return cls(
+            host=url.hostname,
+            port=url.port,
+            protocol=cfg.protocol,
+            path=path,
+            sampling_percent=_sampling_percent(environ),
+            flush_interval_ms=_int(environ, "OTEL_BSP_SCHEDULE_DELAY", 5000),
+        )
+
+
+def _int(environ: Mapping[str, str], var: str, default: int) -> int:
+    try:
+        return int(environ.get(var) or default)
+    except ValueError:
+        raise ValueError(f"{var} must be a whole number, got {environ[var]!r}") from None
+
+
+def _sampling_percent(environ: Mapping[str, str]) -> float:
+    """OTEL_TRACES_SAMPLER as a percentage for traces Envoy starts (the edge's requests)."""
+    sampler = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip()
+    if sampler in ("always_off", "parentbased_always_off"):
+        return 0.0
+    if sampler in ("traceidratio", "parentbased_traceidratio"):
+        try:
+            ratio = float(environ.get("OTEL_TRACES_SAMPLER_ARG") or 1.0)
+        except ValueError:
+            arg = environ["OTEL_TRACES_SAMPLER_ARG"]
+            raise ValueError(f"OTEL_TRACES_SAMPLER_ARG must be a ratio, got {arg!r}") from None
+        return max(0.0, min(ratio, 1.0)) * 100
+    return 100.0
+
+
 @dataclass(frozen=True)
 class Topology:
     """Every port Envoy needs: its own listeners and the upstream instances."""
@@ -172,6 +257,7 @@ class Topology:
     grpc_ports: Mapping[str, Sequence[int]] = field(default_factory=dict)
     host: str = HOST
     access_log_path: str | None = None
+    tracing: Tracing | None = None
 
 
 def _duration(seconds: float) -> str:
@@ -338,7 +424,14 @@ def _method_routes(rpcs: Sequence[Rpc], cluster: str, *, other_host: bool) -> li
             )
         if rpc.policy.hash_header:
             action["hash_policy"] = [{"header": {"header_name": rpc.policy.hash_header}}]
-        routes.append({"match": {"path": rpc.path, "grpc": {}}, "route": action})
+        routes.append(
+            {
+                "match": {"path": rpc.path, "grpc": {}},
+                "route": action,
+                # Envoy's span for the call is named after the method, not "ingress".
+                "decorator": {"operation": rpc.path},
+            }
+        )
     return routes
 
 
@@ -466,6 +559,52 @@ def _local_reply_config() -> dict[str, Any]:
     return {"mappers": mappers, "body_format": _error_body("internal")}
 
 
+def _tracing(tracing: Tracing) -> dict[str, Any]:
+    """The HCM's tracing block: Envoy's OpenTelemetry tracer, exporting to OTLP_CLUSTER."""
+    exporter: dict[str, Any]
+    if tracing.protocol == "grpc":
+        exporter = {"grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "2s"}}
+    else:
+        uri = f"http://{tracing.host}:{tracing.port}{tracing.path}"
+        exporter = {
+            "http_service": {"http_uri": {"uri": uri, "cluster": OTLP_CLUSTER, "timeout": "2s"}}
+        }
+    return {
+        "random_sampling": {"value": tracing.sampling_percent},
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "service_name": tracing.service_name,
+                **exporter,
+            },
+        },
+    }
+
+
+def _otlp_cluster(tracing: Tracing) -> dict[str, Any]:
+    try:
+        ipaddress.ip_address(tracing.host)
+        kind = "STATIC"
+    except ValueError:
+        kind = "STRICT_DNS"
+    cluster: dict[str, Any] = {
+        "name": OTLP_CLUSTER,
+        "type": kind,
+        "connect_timeout": "1s",
+        "load_assignment": _endpoints(OTLP_CLUSTER, tracing.host, [tracing.port]),
+    }
+    if tracing.protocol == "grpc":
+        cluster["typed_extension_protocol_options"] = _http2_options()
+    return cluster
+
+
+def _with_tracing(hcm: dict[str, Any], tracing: Tracing | None) -> dict[str, Any]:
+    if tracing is not None:
+        hcm["tracing"] = _tracing(tracing)
+    return hcm
+
+
 def _edge_listener(topo: Topology) -> dict[str, Any]:
     hcm = {
         "@type": HCM_TYPE,
@@ -497,6 +636,7 @@ def _edge_listener(topo: Topology) -> dict[str, Any]:
         },
         "http_filters": [_router()],
     }
+    _with_tracing(hcm, topo.tracing)
     return {
         "name": "edge",
         "address": _address(topo.host, topo.edge_port),
@@ -533,6 +673,7 @@ def _mesh_listener(topo: Topology, policies: Mapping[str, Sequence[Rpc]]) -> dic
         "route_config": {"name": "mesh", "virtual_hosts": vhosts},
         "http_filters": [_router()],
     }
+    _with_tracing(hcm, topo.tracing)
     return {
         "name": "mesh",
         "address": _address(topo.host, topo.mesh_port),
@@ -565,7 +706,22 @@ def render(topo: Topology) -> dict[str, Any]:
     ]
     clusters.append(_gateway_direct_cluster())
     clusters.append(_gateway_http_cluster(topo.host, topo.gateway_http_ports))
+    extra: dict[str, Any] = {}
+    if topo.tracing is not None:
+        clusters.append(_otlp_cluster(topo.tracing))
+        # The tracer's batch: exported every flush interval, or at once past 5 spans.
+        extra["layered_runtime"] = {
+            "layers": [
+                {
+                    "name": "tracing",
+                    "static_layer": {
+                        "tracing.opentelemetry.flush_interval_ms": topo.tracing.flush_interval_ms
+                    },
+                }
+            ]
+        }
     return {
+        **extra,
         "node": {"id": "chatmesh-local", "cluster": "chatmesh"},
         "admin": {"address": _address(HOST, topo.admin_port)},
         "static_resources": {

@@ -34,9 +34,13 @@ from types import TracebackType
 from launcher import envoy_config, servers
 from launcher.servers import HOST, Child, StartError
 from svckit import channels
+from svckit.metrics import DEFAULT_PORTS as METRICS_PORTS
 
-DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / ".state"
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STATE_DIR = ROOT / ".state"
 STATE_FILE = "launcher.json"
+PROMETHEUS_FILE = "prometheus.yml"
+ALERT_RULES = ROOT / "deploy" / "observability" / "prometheus" / "alerts.yml"
 MESSAGES_TOPIC = "chatmesh.messages"
 MESSAGES_PARTITIONS = 8
 DATABASES = {
@@ -73,6 +77,16 @@ class PortPlan:
     presence: int = 9221
     notify: int = 9231
     persister: tuple[int, ...] = (9241, 9242)
+    # Prometheus endpoints, one per service instance (svckit.metrics.DEFAULT_PORTS onwards).
+    gateway_metrics: tuple[int, ...] = (METRICS_PORTS["gateway"], METRICS_PORTS["gateway"] + 1)
+    chat_metrics: tuple[int, ...] = (METRICS_PORTS["chat_svc"], METRICS_PORTS["chat_svc"] + 1)
+    user_metrics: int = METRICS_PORTS["user_svc"]
+    presence_metrics: int = METRICS_PORTS["presence_svc"]
+    notify_metrics: int = METRICS_PORTS["notify_svc"]
+    persister_metrics: tuple[int, ...] = (
+        METRICS_PORTS["persister"],
+        METRICS_PORTS["persister"] + 1,
+    )
     kafka: int = 9092
     postgres: int = 5433
     valkey: int = 6380
@@ -105,18 +119,34 @@ class PortPlan:
                 "CHATMESH_GATEWAY_HTTP_PORTS and CHATMESH_GATEWAY_GRPC_PORTS must list as many "
                 f"ports each, got {plan.gateway_http} and {plan.gateway_grpc}"
             )
+        # One metrics port per instance: unless given, they follow on from the first default.
+        for metrics_field, instances_field in _METRICS_OF.items():
+            wanted = len(getattr(plan, instances_field))
+            given: tuple[int, ...] = getattr(plan, metrics_field)
+            if len(given) == wanted:
+                continue
+            var = PORT_VARIABLES[metrics_field][0]
+            if metrics_field in values:
+                raise MeshError(
+                    f"{var} must list one port per instance ({wanted}), got {text_of(given)}"
+                )
+            following = tuple(given[0] + i for i in range(wanted))
+            plan = dataclasses.replace(plan, **{metrics_field: following})  # type: ignore[arg-type]
         return plan
 
     @classmethod
     def free(cls, gateways: int = 2, chats: int = 2, persisters: int = 2) -> PortPlan:
         """Ports the kernel reports free now, for tests."""
-        singles = [f.name for f in dataclasses.fields(cls) if not isinstance(f.default, tuple)]
-        ports = iter(servers.free_ports(len(singles) + 2 * gateways + chats + persisters))
-        values: dict[str, object] = {name: next(ports) for name in singles}
-        values["gateway_http"] = tuple(next(ports) for _ in range(gateways))
-        values["gateway_grpc"] = tuple(next(ports) for _ in range(gateways))
-        values["chat"] = tuple(next(ports) for _ in range(chats))
-        values["persister"] = tuple(next(ports) for _ in range(persisters))
+        counts = {"gateways": gateways, "chats": chats, "persisters": persisters}
+        sizes = {
+            f.name: counts[_INSTANCES_OF[f.name]] if isinstance(f.default, tuple) else 1
+            for f in dataclasses.fields(cls)
+        }
+        ports = iter(servers.free_ports(sum(sizes.values())))
+        values: dict[str, object] = {}
+        for name, size in sizes.items():
+            taken = tuple(next(ports) for _ in range(size))
+            values[name] = taken if name in _INSTANCES_OF else taken[0]
         return cls(**values)  # type: ignore[arg-type]
 
     def entries(self) -> list[tuple[int, str, str]]:
@@ -159,6 +189,27 @@ class PortPlan:
                 )
 
 
+def text_of(ports: tuple[int, ...]) -> str:
+    return ",".join(map(str, ports))
+
+
+# List fields -> which instance count sizes them (PortPlan.free).
+_INSTANCES_OF = {
+    "gateway_http": "gateways",
+    "gateway_grpc": "gateways",
+    "gateway_metrics": "gateways",
+    "chat": "chats",
+    "chat_metrics": "chats",
+    "persister": "persisters",
+    "persister_metrics": "persisters",
+}
+# Metrics list fields -> the ports field with one entry per instance.
+_METRICS_OF = {
+    "gateway_metrics": "gateway_http",
+    "chat_metrics": "chat",
+    "persister_metrics": "persister",
+}
+
 # field -> (variable, component); `{n}` is the instance number for lists.
 PORT_VARIABLES: dict[str, tuple[str, str]] = {
     "edge": ("CHATMESH_EDGE_PORT", "envoy edge listener"),
@@ -171,6 +222,12 @@ PORT_VARIABLES: dict[str, tuple[str, str]] = {
     "presence": ("CHATMESH_PRESENCE_PORT", "presence_svc gRPC"),
     "notify": ("CHATMESH_NOTIFY_PORT", "notify_svc gRPC"),
     "persister": ("CHATMESH_PERSISTER_PORTS", "persister-{n} gRPC"),
+    "gateway_metrics": ("CHATMESH_GATEWAY_METRICS_PORTS", "gateway-{n} metrics"),
+    "chat_metrics": ("CHATMESH_CHAT_METRICS_PORTS", "chat_svc-{n} metrics"),
+    "user_metrics": ("CHATMESH_USER_METRICS_PORT", "user_svc metrics"),
+    "presence_metrics": ("CHATMESH_PRESENCE_METRICS_PORT", "presence_svc metrics"),
+    "notify_metrics": ("CHATMESH_NOTIFY_METRICS_PORT", "notify_svc metrics"),
+    "persister_metrics": ("CHATMESH_PERSISTER_METRICS_PORTS", "persister-{n} metrics"),
     "kafka": ("CHATMESH_KAFKA_PORT", "tansu (Kafka) broker"),
     "postgres": ("CHATMESH_POSTGRES_PORT", "postgresql"),
     "valkey": ("CHATMESH_VALKEY_PORT", "valkey (Redis)"),
@@ -212,6 +269,7 @@ class Instance:
     package: str | None = None  # the Python package of a service
     env: Mapping[str, str] = field(default_factory=dict)  # a service's CHATMESH_* settings
     envoy_endpoints: tuple[tuple[str, int], ...] = ()  # (Envoy cluster, port) it serves in
+    metrics_url: str | None = None  # its Prometheus endpoint (Envoy: admin /stats/prometheus)
 
     @property
     def pid(self) -> int | None:
@@ -231,6 +289,7 @@ class ServiceSpec:
     name: str
     grpc_port: int
     env: Mapping[str, str]
+    metrics_port: int
     http_port: int | None = None
     cluster: str | None = None  # the Envoy cluster routing to it (gateways: by HTTP port)
 
@@ -320,7 +379,12 @@ class Mesh:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._write_state()
         try:
-            self._start_servers()
+            tracing = self.tracing()
+        except ValueError as exc:
+            raise MeshError(str(exc)) from None
+        self._write_prometheus_config()
+        try:
+            self._start_servers(tracing)
             self._start_services(self._service_specs())
             self._wait_envoy_healthy(list(self.instances.values()))
             self._wait_edge()
@@ -332,7 +396,43 @@ class Mesh:
         self._started = True
         return self
 
-    def _start_servers(self) -> None:
+    def tracing(self) -> envoy_config.Tracing | None:
+        """Envoy's tracing, from the OTEL_* variables the services get; None when off."""
+        return envoy_config.Tracing.from_env({**os.environ, **self.service_env})
+
+    def scrape_targets(self) -> dict[str, list[str]]:
+        """Prometheus job -> host:port of each endpoint (Envoy's on its admin listener)."""
+        p = self.ports
+        jobs = {
+            "gateway": p.gateway_metrics,
+            "chat_svc": p.chat_metrics,
+            "user_svc": (p.user_metrics,),
+            "presence_svc": (p.presence_metrics,),
+            "notify_svc": (p.notify_metrics,),
+            "persister": p.persister_metrics,
+            "envoy": (p.envoy_admin,),
+        }
+        return {job: [f"{HOST}:{port}" for port in ports] for job, ports in jobs.items()}
+
+    def _write_prometheus_config(self) -> Path:
+        """A Prometheus configuration scraping every endpoint of this mesh, with the alert rules
+        (`prometheus --config.file=<state>/prometheus.yml`)."""
+        jobs = []
+        for job, targets in self.scrape_targets().items():
+            entry: dict[str, object] = {"job_name": job, "static_configs": [{"targets": targets}]}
+            if job == "envoy":
+                entry["metrics_path"] = "/stats/prometheus"
+            jobs.append(entry)
+        config = {
+            "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+            "rule_files": [str(ALERT_RULES)],
+            "scrape_configs": jobs,
+        }
+        path = self.state_dir / PROMETHEUS_FILE
+        path.write_text(json.dumps(config, indent=2) + "\n")  # JSON is YAML
+        return path
+
+    def _start_servers(self, tracing: envoy_config.Tracing | None = None) -> None:
         p = self.ports
         abort = self._aborted
         tansu = servers.start_tansu(p.kafka, self._log("tansu"), abort=abort)
@@ -383,6 +483,11 @@ class Mesh:
         config = servers.write_envoy_config(
             envoy_config.render(self.topology()), self.state_dir / "envoy" / "envoy.json"
         )
+        if tracing is not None:
+            self.out(
+                f"{'tracing':<14} OTLP {tracing.protocol} to {tracing.host}:{tracing.port} "
+                "(services and Envoy)"
+            )
         envoy = servers.start_envoy(config, p.envoy_admin, self._log("envoy"), abort=abort)
         self._add(
             Instance(
@@ -392,6 +497,7 @@ class Mesh:
                 ports=(p.edge, p.mesh, p.envoy_admin),
                 child=envoy,
                 ready=lambda: servers.envoy_ready(p.envoy_admin),
+                metrics_url=f"{self.admin_url}/stats/prometheus",
             )
         )
 
@@ -418,6 +524,7 @@ class Mesh:
                 channels.PERSISTER: p.persister,
             },
             access_log_path=str(self._log("envoy-access")),
+            tracing=self.tracing(),
         )
 
     def _service_specs(self) -> list[ServiceSpec]:
@@ -430,41 +537,53 @@ class Mesh:
                 "user_svc",
                 p.user,
                 {"CHATMESH_USER_DB_DSN": self.dsn("users")},
+                p.user_metrics,
                 cluster=channels.USER,
             ),
             ServiceSpec(
-                "presence_svc", "presence_svc", p.presence, redis, cluster=channels.PRESENCE
+                "presence_svc",
+                "presence_svc",
+                p.presence,
+                redis,
+                p.presence_metrics,
+                cluster=channels.PRESENCE,
             ),
             ServiceSpec(
                 "notify_svc",
                 "notify_svc",
                 p.notify,
                 {"CHATMESH_NOTIFY_DB_DSN": self.dsn("notify")},
+                p.notify_metrics,
                 cluster=channels.NOTIFY,
             ),
         ]
-        for i, port in enumerate(p.persister, start=1):
+        persisters = zip(p.persister, p.persister_metrics, strict=True)
+        for i, (port, metrics) in enumerate(persisters, start=1):
             specs.append(
                 ServiceSpec(
                     "persister",
                     f"persister-{i}",
                     port,
                     {**kafka, "CHATMESH_MESSAGE_DB_DSN": self.dsn("messages")},
+                    metrics,
                     cluster=channels.PERSISTER,
                 )
             )
-        for i, port in enumerate(p.chat, start=1):
+        for i, (port, metrics) in enumerate(zip(p.chat, p.chat_metrics, strict=True), start=1):
             specs.append(
                 ServiceSpec(
                     "chat_svc",
                     f"chat_svc-{i}",
                     port,
-                    # The local broker needs one record per batch for exact log-end offsets.
+                    # The local broker needs one record per batch for exact log-end offsets (and
+                    # exact consumer lag).
                     {**kafka, **redis, "CHATMESH_KAFKA_BATCH_MAX": "1"},
+                    metrics,
                     cluster=channels.CHAT,
                 )
             )
-        for i, (http, grpc_port) in enumerate(zip(p.gateway_http, p.gateway_grpc, strict=True), 1):
+        gateways = zip(p.gateway_http, p.gateway_grpc, p.gateway_metrics, strict=True)
+        for i, (http, grpc_port, metrics) in enumerate(gateways, 1):
             specs.append(
                 ServiceSpec(
                     "gateway",
@@ -475,6 +594,7 @@ class Mesh:
                         "CHATMESH_HTTP_PORT": str(http),
                         "CHATMESH_ADVERTISE_ADDR": f"{HOST}:{grpc_port}",
                     },
+                    metrics,
                     http_port=http,
                     cluster=envoy_config.GATEWAY_HTTP_CLUSTER,
                 )
@@ -487,6 +607,10 @@ class Mesh:
             "CHATMESH_GRPC_PORT": str(spec.grpc_port),
             "CHATMESH_MESH_ADDR": self.mesh_addr,
             "CHATMESH_INSTANCE_ID": spec.name,
+            "CHATMESH_METRICS_HOST": HOST,
+            "CHATMESH_METRICS_PORT": str(spec.metrics_port),
+            # One service name per package in traces, whatever the developer's environment says.
+            "OTEL_SERVICE_NAME": spec.package,
             **spec.env,
         }
         argv = self.commands.get(spec.package, [sys.executable, "-m", spec.package])
@@ -510,7 +634,7 @@ class Mesh:
                 return livez == 200 and servers.tcp_accepts(grpc_port)
 
             address = f"http {HOST}:{http} grpc {HOST}:{grpc_port}"
-            ports: tuple[int, ...] = (http, grpc_port)
+            ports: tuple[int, ...] = (http, grpc_port, spec.metrics_port)
             routed_port = http
         else:
             port = spec.grpc_port
@@ -519,7 +643,7 @@ class Mesh:
                 return grpc_serving(port)
 
             address = f"{HOST}:{port}"
-            ports = (port,)
+            ports = (port, spec.metrics_port)
             routed_port = port
         endpoints = ((spec.cluster, routed_port),) if spec.cluster is not None else ()
         return Instance(
@@ -532,6 +656,7 @@ class Mesh:
             package=spec.package,
             env=env,
             envoy_endpoints=endpoints,
+            metrics_url=f"http://{HOST}:{spec.metrics_port}/metrics",
         )
 
     def _start_services(self, specs: Sequence[ServiceSpec]) -> None:
@@ -597,6 +722,10 @@ class Mesh:
             interval_s=0.1,
             abort=self._aborted,
         )
+        self.out(
+            f"{'prometheus':<14} scrape config {self.state_dir / PROMETHEUS_FILE} "
+            "(every metrics endpoint above, with the alert rules)"
+        )
         self.out(f"{'edge':<14} {self.edge_url}  GET /healthz 200: the mesh is ready")
 
     def _add(self, inst: Instance, announce: bool = True) -> None:
@@ -606,7 +735,8 @@ class Mesh:
             self._announce(inst)
 
     def _announce(self, inst: Instance) -> None:
-        self.out(f"{inst.name:<14} {inst.address:<28} log {inst.log_path}")
+        metrics = f"  metrics {inst.metrics_url}" if inst.metrics_url else ""
+        self.out(f"{inst.name:<14} {inst.address:<28} log {inst.log_path}{metrics}")
 
     # ---- state file and leftovers
 

@@ -55,3 +55,21 @@ def test_duplicate_port_in_plan_is_refused() -> None:
     clash = PortPlan.from_env({**plan.as_env(), "CHATMESH_USER_PORT": str(plan.edge)})
     with pytest.raises(PortInUseError, match="CHATMESH_USER_PORT"):
         clash.check_free()
+
+
+def test_every_service_instance_has_a_metrics_port() -> None:
+    plan = PortPlan.from_env({})
+    assert plan.gateway_metrics == (9291, 9292)
+    assert plan.chat_metrics == (9301, 9302)
+    assert (plan.user_metrics, plan.presence_metrics, plan.notify_metrics) == (9311, 9321, 9331)
+    assert plan.persister_metrics == (9341, 9342)
+    # More instances than metrics ports given: the ports follow on from the first.
+    three = PortPlan.from_env({"CHATMESH_CHAT_PORTS": "1,2,3"})
+    assert three.chat_metrics == (9301, 9302, 9303)
+    with pytest.raises(MeshError, match="CHATMESH_CHAT_METRICS_PORTS"):
+        PortPlan.from_env({"CHATMESH_CHAT_PORTS": "1,2,3", "CHATMESH_CHAT_METRICS_PORTS": "7,8"})
+    small = PortPlan.free(gateways=1, chats=3, persisters=1)
+    assert (len(small.gateway_metrics), len(small.chat_metrics)) == (1, 3)
+    assert len(small.persister_metrics) == 1
+    ports = [p for p, _, _ in small.entries()]
+    assert len(ports) == len(set(ports))
