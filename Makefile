@@ -8,8 +8,9 @@ STAMP  := $(VENV)/.installed
 GEN    := stubs/src/chatmesh/py.typed
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST_ARGS ?=
+ALERTS := deploy/observability/prometheus
 
-.PHONY: all install protos lint breaking typecheck test unit e2e up clean distclean
+.PHONY: all install protos lint rules promtool breaking typecheck test unit e2e up clean distclean
 
 all: install protos
 
@@ -31,11 +32,30 @@ protos: $(STAMP)
 	$(PY) tools/gen_protos.py
 	$(BIN)/pip install --quiet --no-deps -e ./stubs
 
-lint: install
+lint: install rules
 	$(BIN)/buf lint
 	$(BIN)/buf format --exit-code -d
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Prometheus' own checker on the alert rules, and their unit tests.
+rules: promtool
+	promtool check rules $(ALERTS)/alerts.yml
+	cd $(ALERTS) && promtool test rules alerts.test.yml
+
+# promtool comes from Debian's `prometheus` package: installed when missing if we are root.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing promtool (Debian package prometheus)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else \
+	    echo "promtool is missing: install Debian's prometheus package" \
+	      "(sudo apt-get install --no-install-recommends prometheus) or put promtool on PATH" >&2; \
+	    exit 1; \
+	  fi; }
+	@command -v promtool >/dev/null 2>&1 || { echo "promtool still missing after installing" >&2; exit 1; }
 
 breaking: install
 	$(BIN)/buf breaking --against '.git#branch=main'
@@ -46,7 +66,7 @@ typecheck: install
 test: install lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-unit: install
+unit: install promtool
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 e2e: install

@@ -10,6 +10,7 @@ launcher assigned, before and after. Waits are conditions with deadlines, never 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,13 +19,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from launcher.mesh import Mesh, PortPlan
+from launcher.mesh import ALERT_RULES, ROOT, Mesh, PortPlan
 from svckit.testing import OtlpReceiver, ReceivedSpan, eventually, sample, scrape
 
 pytestmark = pytest.mark.e2e
 
 WAIT_S = 15.0
 SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5  # OTLP span kinds
+DASHBOARD = ROOT / "deploy" / "observability" / "grafana" / "chatmesh.json"
 
 
 @pytest.fixture(scope="module")
@@ -267,6 +269,13 @@ async def test_metrics_move_by_what_one_message_did(
         assert sample(samples, "chatmesh_build_info", service=str(package)) == 1
     envoy = await asyncio.to_thread(scrape, str(traced_mesh.instances["envoy"].metrics_url))
     assert sample(envoy, "envoy_cluster_upstream_rq_total", envoy_cluster_name="chat-svc") >= 1
+    # The Envoy names the alert rules and the dashboard use are the ones Envoy serves.
+    operators = ALERT_RULES.read_text() + DASHBOARD.read_text()
+    used = set(re.findall(r"\b(envoy_[a-z0-9_]+)\b", operators))
+    # (prometheus-client's parser adds _total to counters; Prometheus keeps Envoy's names.)
+    served = {n for name, _ in envoy for n in (name, name.removesuffix("_total"))}
+    served |= {label for _, labels in envoy for label, _ in labels}
+    assert used and used <= served, sorted(used - served)
     assert ack["msg_id"]
 
 
