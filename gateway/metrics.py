@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from svckit.metrics import by_label
+
 SOCKETS = Gauge("chatmesh_ws_connections", "WebSockets open on this gateway instance.")
 SOCKETS_OPENED = Counter(
     "chatmesh_ws_connections_opened_total", "WebSockets accepted (authenticated and upgraded)."
@@ -43,3 +45,8 @@ DELIVERY_LATENCY = Histogram(
     "their clock difference.",
     buckets=(0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
+
+# The per-frame paths use these (label values are bounded, see above).
+received = by_label(FRAMES_RECEIVED)
+sent = by_label(FRAMES_SENT)
+rejected = by_label(FRAMES_REJECTED)

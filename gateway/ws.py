@@ -91,9 +91,9 @@ class Connection:
         except ConnectionError:
             return False
         action = frame["action"]
-        m.FRAMES_SENT.labels(action).inc()
+        m.sent(action).inc()
         if action == "error":
-            m.FRAMES_REJECTED.labels(frame["code"]).inc()
+            m.rejected(frame["code"]).inc()
         return True
 
     def request_close(self, code: int, reason: str = "") -> bool:
@@ -198,6 +198,7 @@ class Edge:
     registry: Registry = field(default_factory=Registry)
     messaging: Messaging = field(init=False)
     draining: bool = False
+    opened: int = 0  # sockets accepted since start (for the connect-storm log line)
 
     def __post_init__(self) -> None:
         self.messaging = Messaging(self.cfg, self.clients)
@@ -277,6 +278,7 @@ async def serve_socket(
     if resume is not None:
         edge.messaging.hold(conn)
     edge.registry.add(conn)
+    edge.opened += 1
     m.SOCKETS_OPENED.inc()
     log.debug("socket open", extra={"connection_id": conn.connection_id, "user_id": conn.user_id})
     try:
@@ -343,7 +345,7 @@ async def _dispatch(edge: Edge, conn: Connection, data: str | bytes) -> None:
     if conn.bucket is not None:
         verdict = conn.bucket.take()
         if verdict is not Verdict.ALLOW:
-            m.FRAMES_RECEIVED.labels("throttled").inc()
+            m.received("throttled").inc()
             if not conn.rate_limited:
                 conn.rate_limited = True
                 m.RATE_LIMITED_SOCKETS.inc()
@@ -352,11 +354,11 @@ async def _dispatch(edge: Edge, conn: Connection, data: str | bytes) -> None:
     try:
         frame = frames.parse(data)
     except frames.FrameError as exc:
-        m.FRAMES_RECEIVED.labels("invalid").inc()
+        m.received("invalid").inc()
         await conn.send(frames.error(exc.code, exc.message, exc.client_msg_id))
         return
     action = _ACTIONS[type(frame)]
-    m.FRAMES_RECEIVED.labels(action).inc()
+    m.received(action).inc()
     # Each frame is the root of its own trace (one message = one trace), linked to the socket's.
     links = [conn.trace_link] if conn.trace_link is not None else []
     with telemetry.span(
@@ -403,10 +405,33 @@ async def _refuse(conn: Connection, refusal: EdgeError, client_msg_id: str | Non
         conn.request_close(refusal.close_code, refusal.message)
 
 
+CONNECT_STORM_PER_S = 200.0  # sockets accepted per second that make a "connect storm" line
+
+
+def report_connect_storm(edge: Edge, opened_before: int, interval_s: float) -> int:
+    """One warning line when sockets arrived faster than CONNECT_STORM_PER_S over the last
+    interval (a reconnect wave after a gateway died, or abuse); returns the count to compare
+    against next time."""
+    rate = (edge.opened - opened_before) / interval_s
+    if rate >= CONNECT_STORM_PER_S:
+        log.warning(
+            "connect storm",
+            extra={
+                "event": "connect_storm",
+                "opened_per_s": round(rate, 1),
+                "sockets": len(edge.registry),
+            },
+        )
+    return edge.opened
+
+
 async def presence_heartbeat(edge: Edge) -> None:
-    """Refresh every local socket's presence entry, forever (cancelled at shutdown)."""
+    """Refresh every local socket's presence entry, forever (cancelled at shutdown); log a
+    connect storm when one happened since the last beat."""
+    opened = edge.opened
     while True:
         await asyncio.sleep(edge.cfg.presence_heartbeat_s)
+        opened = report_connect_storm(edge, opened, edge.cfg.presence_heartbeat_s)
         try:
             await refresh_presence(edge)
         except Exception:  # a bug must not stop the heartbeat for every socket

@@ -23,13 +23,24 @@ the Python enum's name (`OK`, `UNAVAILABLE`, ...).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import Counter, Histogram, Info, start_http_server
+from prometheus_client import (
+    Counter,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    start_http_server,
+)
+
+# No `_created` series next to every counter and histogram: half the series, no information an
+# alert or dashboard here uses. (Every module declaring metrics imports this one first.)
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Each service's endpoint port when CHATMESH_METRICS_PORT is not set: its gRPC default + 100 (the
 # launcher's port plan starts from these; a second instance takes the next port).
@@ -85,6 +96,16 @@ GRPC_CLIENT_SECONDS = Histogram(
 )
 
 
+M = TypeVar("M", Counter, Histogram)
+
+
+def by_label(metric: M) -> Callable[..., M]:
+    """`metric.labels(...)` with the children remembered: a hot path pays a dict lookup instead
+    of prometheus-client's locked validation (about 0.1 us against 2.5 us). Only for bounded
+    label values, and never for a metric whose children are removed."""
+    return functools.lru_cache(maxsize=1024)(metric.labels)
+
+
 def serve(host: str, port: int) -> tuple[WSGIServer, int]:
     """Start the /metrics endpoint in a daemon thread; return the server and the bound port.
 
@@ -122,8 +143,8 @@ class ServerMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         inner: _Handler = handler.unary_unary  # type: ignore[assignment]
         service, method = split_method(handler_call_details.method)
-        handled = GRPC_SERVER_HANDLED
-        seconds = GRPC_SERVER_SECONDS.labels(service, method)
+        handled = _server_handled
+        seconds = _server_seconds(service, method)
 
         async def measured(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             start = time.perf_counter()
@@ -138,7 +159,7 @@ class ServerMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 raise
             finally:
                 seconds.observe(time.perf_counter() - start)
-                handled.labels(service, method, code).inc()
+                handled(service, method, code).inc()
 
         return grpc.unary_unary_rpc_method_handler(
             measured,
@@ -170,5 +191,11 @@ class ClientMetrics(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-
             code = "CANCELLED"
             raise
         finally:
-            GRPC_CLIENT_SECONDS.labels(service, method).observe(time.perf_counter() - start)
-            GRPC_CLIENT_HANDLED.labels(service, method, code).inc()
+            _client_seconds(service, method).observe(time.perf_counter() - start)
+            _client_handled(service, method, code).inc()
+
+
+_server_handled = by_label(GRPC_SERVER_HANDLED)
+_server_seconds = by_label(GRPC_SERVER_SECONDS)
+_client_handled = by_label(GRPC_CLIENT_HANDLED)
+_client_seconds = by_label(GRPC_CLIENT_SECONDS)

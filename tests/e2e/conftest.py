@@ -8,8 +8,10 @@ folder and PostgreSQL fsync off. What tests use:
   `mesh.dsn("users" | "messages" | "notify")`;
 - `mesh.ports` (a PortPlan: `.edge`, `.gateway_http`, `.chat`, ...);
 - `mesh.instances`: name -> Instance (`name`, `kind`, `address`, `ports`, `pid`, `log_path`,
-  `alive()`, `package`, `env`) for tansu, postgres, valkey, envoy, user_svc, presence_svc,
-  notify_svc, persister-1, persister-2, chat_svc-1, chat_svc-2, gateway-1, gateway-2;
+  `alive()`, `package`, `env`, `metrics_url`) for tansu, postgres, valkey, envoy, user_svc,
+  presence_svc, notify_svc, persister-1, persister-2, chat_svc-1, chat_svc-2, gateway-1,
+  gateway-2 (`metrics_url`: each service's Prometheus endpoint, Envoy's admin
+  `/stats/prometheus`; `svckit.testing.scrape` reads one);
 - `mesh.stop_instance(name)` (SIGTERM, up to 10 s), `mesh.kill_instance(name)` (SIGKILL),
   `mesh.restart_instance(name)` (same ports, waits until ready). `name` may be a package name
   when it has a single instance (`"user_svc"`).
