@@ -1,7 +1,8 @@
 """One message is one trace across every hop, and the metrics move by what it did.
 
 A mesh of its own (one instance of each service, to stay light) runs with the standard OTEL_*
-variables pointing at an OTLP/HTTP receiver this module starts (svckit.testing.OtlpReceiver);
+variables pointing at an OTLP receiver this module starts (svckit.testing.OtlpReceiver), once
+over HTTP/protobuf and once over gRPC;
 the same variables configure Envoy's tracer through the launcher. Alice sends Bob one message
 through the edge; the test then reads the trace it produced, and every metrics endpoint the
 launcher assigned, before and after. Waits are conditions with deadlines, never sleeps.
@@ -35,11 +36,16 @@ def receiver() -> Iterator[OtlpReceiver]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def traced_mesh(receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+@pytest.fixture(scope="module", params=["http/protobuf", "grpc"])
+def traced_mesh(
+    receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Mesh]:
+    """The mesh exporting over OTLP/HTTP, then over OTLP/gRPC (services and Envoy alike)."""
+    protocol = request.param
+    grpc = protocol == "grpc"
     env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_endpoint,
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint if grpc else receiver.http_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
         "OTEL_TRACES_SAMPLER": "parentbased_always_on",
         "OTEL_BSP_SCHEDULE_DELAY": "200",  # services and Envoy export within 0.2 s
     }
