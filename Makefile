@@ -19,7 +19,7 @@ $(PY):
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml stubs/pyproject.toml
-	$(BIN)/pip install --quiet -e '.[local,dev]'
+	$(BIN)/pip install --quiet -e '.[local,dev,bench]'
 	touch $@
 
 install: $(STAMP) $(GEN)
@@ -61,7 +61,7 @@ breaking: install
 	$(BIN)/buf breaking --against '.git#branch=main'
 
 typecheck: install
-	$(BIN)/mypy svckit gateway user_svc chat_svc presence_svc notify_svc persister launcher
+	$(BIN)/mypy svckit gateway user_svc chat_svc presence_svc notify_svc persister launcher bench
 
 test: install lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
