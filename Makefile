@@ -8,9 +8,10 @@ STAMP  := $(VENV)/.installed
 GEN    := stubs/src/chatmesh/py.typed
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 ALERTS := deploy/observability/prometheus
 
-.PHONY: all install protos lint rules promtool breaking typecheck test unit e2e up clean distclean
+.PHONY: all install protos lint rules promtool breaking typecheck test unit e2e up bench clean distclean
 
 all: install protos
 
@@ -74,6 +75,10 @@ e2e: install
 
 up: install
 	$(PY) -m launcher up
+
+# On demand only, never part of `make test`: a few minutes; results in bench/results/.
+bench: install
+	$(PY) -m bench.suite $(BENCH_ARGS)
 
 clean:
 	-$(PY) -m launcher clean 2>/dev/null
