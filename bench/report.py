@@ -58,6 +58,10 @@ def process_table(stage: Mapping[str, Any]) -> list[str]:
             f"  {'(whole machine)':<16} {'':>8} {stage['machine_cpu_percent']:>16.1f}"
             f"   of {100 * (psutil.cpu_count() or 1)}"
         )
+        rows.append(
+            f"  {'(anything else)':<16} {'':>8} {stage.get('other_cpu_percent', 0.0):>16.1f}"
+            "   (other programs on this machine: noise in these figures)"
+        )
     if stage.get("cpu_ms_per_message") is not None:
         rows.append(
             f"  CPU of the processes above per delivered message: "

@@ -261,7 +261,11 @@ class _Pool:
         if sampled is None:
             sampled = sampler.stop()
         stage = combine(index, rate, duration, list(results.values()), sampled, cfg.slo_p99_ms)
-        stage["machine_cpu_percent"] = sampler.machine_cpu_percent
+        machine = sampler.machine_cpu_percent
+        stage["machine_cpu_percent"] = machine
+        if machine is not None:  # CPU neither the target nor the tool used: noise
+            used = stage["process_totals"]["cpu_percent"] + stage["load_tool"]["cpu_percent"]
+            stage["other_cpu_percent"] = round(max(machine - used, 0.0), 1)
         return stage
 
     def close(self) -> None:

@@ -105,6 +105,12 @@ def ratios(
     }
 
 
+def _noise(run: Mapping[str, Any]) -> float:
+    """Mean CPU (% of a core) used by neither the target nor the tool during a run's stages."""
+    values = [float(s.get("other_cpu_percent") or 0.0) for s in run["stages"]]
+    return sum(values) / len(values) if values else 0.0
+
+
 def summary_lines(result: Mapping[str, Any]) -> list[str]:
     mesh, relay = result["mesh"], result["relay"]
     broker, pg = result["baselines"]["broker"], result["baselines"]["postgres"]
@@ -127,6 +133,8 @@ def summary_lines(result: Mapping[str, Any]) -> list[str]:
             f"{x(row['cpu_per_message'])}"
         )
     lines += [
+        f"  other programs used {_noise(mesh):.0f}% of a core on average while chatmesh was "
+        f"measured, {_noise(relay):.0f}% during the relay (of {100 * (os.cpu_count() or 1)}%)",
         f"  raw broker: awaited acks=all publish p50 {broker['round_trip']['p50_ms']} ms, "
         f"{broker['serial_per_s']:g}/s one at a time, {broker['concurrent_per_s']:g}/s with "
         f"{broker['concurrency']} in flight; chatmesh's delivery p50 at its lowest load is "
@@ -300,6 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["baselines"]["broker"],
         result["baselines"]["postgres"],
     )
+    result["noise_cpu_percent"] = {
+        "relay": round(_noise(result["relay"]), 1),
+        "mesh": round(_noise(result["mesh"]), 1),
+    }
     result["elapsed_s"] = round(time.monotonic() - t0, 1)
     result["ok"] = bool(result["mesh"]["ok"] and result["relay"]["ok"])
     args.out.mkdir(parents=True, exist_ok=True)
