@@ -50,9 +50,11 @@ def _memory(proc: psutil.Process) -> int:
         return 0
 
 
-def _machine_busy_s() -> float:
+def _machine_busy_s() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, of which in interrupt handlers) since boot."""
     t = psutil.cpu_times()
-    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+    irq = float(getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0)), irq
 
 
 class ProcessSampler:
@@ -62,10 +64,12 @@ class ProcessSampler:
         self.pids = dict(pids)
         self._start: dict[str, dict[int, float]] = {}
         self._t0 = 0.0
-        self._busy0 = 0.0
-        # The whole machine's busy CPU over the window, in % of one core (all cores together):
-        # what the named processes do not account for is load from elsewhere.
+        self._busy0 = (0.0, 0.0)
+        # The whole machine's busy CPU over the window, in % of one core (all cores together),
+        # and the part spent in interrupt handlers (loopback networking is mostly softirq): what
+        # neither the named processes nor interrupts account for is load from elsewhere.
         self.machine_cpu_percent: float | None = None
+        self.irq_cpu_percent: float | None = None
 
     def start(self) -> None:
         self._t0 = time.monotonic()
@@ -81,7 +85,9 @@ class ProcessSampler:
 
     def stop(self) -> dict[str, dict[str, Any]]:
         elapsed = max(time.monotonic() - self._t0, 1e-9)
-        self.machine_cpu_percent = round(100.0 * (_machine_busy_s() - self._busy0) / elapsed, 1)
+        busy, irq = _machine_busy_s()
+        self.machine_cpu_percent = round(100.0 * (busy - self._busy0[0]) / elapsed, 1)
+        self.irq_cpu_percent = round(100.0 * (irq - self._busy0[1]) / elapsed, 1)
         out: dict[str, dict[str, Any]] = {}
         for name, pid in self.pids.items():
             before = self._start.get(name, {})

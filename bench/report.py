@@ -16,12 +16,13 @@ def stage_table(stages: list[Mapping[str, Any]]) -> list[str]:
     head = (
         f"{'stage':>9} {'offered/s':>9} {'sent':>7} {'acked':>7} {'received':>8} {'lost':>5} "
         f"{'unansw':>6} {'errors':>6} {'deliv/s':>8} {'p50':>8} {'p90':>8} {'p99':>8} "
-        f"{'p99.9':>8} {'max ms':>8} {'ack p99':>8} {'verdict':>8}"
+        f"{'p99.9':>8} {'max ms':>8} {'ack p99':>8} {'lag p99':>8} {'verdict':>8}"
     )
     rows = [head]
     for s in stages:
         d = s["latency"]["delivery"]
         a = s["latency"]["ack"]
+        lag = s["latency"]["send_lag"]
         verdict = ("ok" if s["kept_up"] else "slow") if s["ok"] else "FAILED"
         name = "warmup" if s.get("warmup") else str(s["stage"])
         rows.append(
@@ -29,7 +30,8 @@ def stage_table(stages: list[Mapping[str, Any]]) -> list[str]:
             f"{s['received']:>8d} {s['lost']:>5d} {s['unanswered']:>6d} "
             f"{sum(s['errors'].values()):>6d} {s['throughput']['delivered_per_s']:>8g} "
             f"{_ms(d['p50_ms']):>8} {_ms(d['p90_ms']):>8} {_ms(d['p99_ms']):>8} "
-            f"{_ms(d['p99.9_ms']):>8} {_ms(d['max_ms']):>8} {_ms(a['p99_ms']):>8} {verdict:>8}"
+            f"{_ms(d['p99.9_ms']):>8} {_ms(d['max_ms']):>8} {_ms(a['p99_ms']):>8} "
+            f"{_ms(lag['p99_ms']):>8} {verdict:>8}"
         )
     return rows
 
@@ -57,6 +59,10 @@ def process_table(stage: Mapping[str, Any]) -> list[str]:
         rows.append(
             f"  {'(whole machine)':<16} {'':>8} {stage['machine_cpu_percent']:>16.1f}"
             f"   of {100 * (psutil.cpu_count() or 1)}"
+        )
+        rows.append(
+            f"  {'(interrupts)':<16} {'':>8} {stage.get('irq_cpu_percent') or 0.0:>16.1f}"
+            "   (the kernel's network work, mostly)"
         )
         rows.append(
             f"  {'(anything else)':<16} {'':>8} {stage.get('other_cpu_percent', 0.0):>16.1f}"

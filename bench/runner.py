@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import secrets
 import time
 from collections import Counter
@@ -33,6 +34,7 @@ from bench.worker import StageSpec, WorkerSpec, worker_main
 STAGE_MARGIN_S = 30.0
 START_DELAY_S = 0.3  # between telling the workers and the first intended send
 KEPT_UP_SHARE = 0.95  # of the scheduled messages delivered within the sending window
+TOOL_PREFIX = "load-"  # the tool's own processes: load-parent, load-worker-N
 
 Out = Callable[[str], None]
 
@@ -229,7 +231,8 @@ class _Pool:
         spec = StageSpec(index, rate, start_ns, duration, cfg.drain_s)
         for conn in self.conns:
             conn.send(("stage", spec))
-        sampler = procs.ProcessSampler({**cfg.pids, **self.worker_pids})
+        tool = {**self.worker_pids, "load-parent": os.getpid()}
+        sampler = procs.ProcessSampler({**cfg.pids, **tool})
         time.sleep(max(start_ns - time.monotonic_ns(), 0) / NS)
         sampler.start()
         window_end = start_ns + round(duration * NS)
@@ -263,8 +266,10 @@ class _Pool:
         stage = combine(index, rate, duration, list(results.values()), sampled, cfg.slo_p99_ms)
         machine = sampler.machine_cpu_percent
         stage["machine_cpu_percent"] = machine
-        if machine is not None:  # CPU neither the target nor the tool used: noise
+        stage["irq_cpu_percent"] = sampler.irq_cpu_percent
+        if machine is not None:  # CPU neither the target, the tool nor interrupts used: noise
             used = stage["process_totals"]["cpu_percent"] + stage["load_tool"]["cpu_percent"]
+            used += sampler.irq_cpu_percent or 0.0
             stage["other_cpu_percent"] = round(max(machine - used, 0.0), 1)
         return stage
 
@@ -356,7 +361,7 @@ def combine(
         "acked_per_s": round(stage["acked_in_window"] / duration, 1),
         "delivered_per_s": round(stage["received_in_window"] / duration, 1),
     }
-    tool = {n: f for n, f in processes.items() if n.startswith("load-worker-")}
+    tool = {n: f for n, f in processes.items() if n.startswith(TOOL_PREFIX)}
     target = {n: f for n, f in processes.items() if n not in tool}
     stage["processes"] = target
     stage["process_totals"] = procs.totals(target)

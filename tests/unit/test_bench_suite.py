@@ -72,6 +72,7 @@ def test_chatmesh_figures_become_ratios_of_the_baselines() -> None:
         "mesh": MESH,
         "relay": RELAY,
         "ratios": r,
+        "rates": [100, 200, 400, 800, 1600],
         "baselines": {"broker": BROKER, "postgres": POSTGRES},
     }
     text = "\n".join(summary_lines(result))
