@@ -119,6 +119,13 @@ def parser() -> argparse.ArgumentParser:
         help="a stage keeps up only with delivery p99 at or under this many ms (1000)",
     )
     p.add_argument(
+        "--idle",
+        type=float,
+        default=2.0,
+        help="seconds to sample the watched processes with every socket open and no traffic, "
+        "before the first stage (2; 0 skips)",
+    )
+    p.add_argument(
         "--stop-after-slow",
         type=int,
         default=0,
@@ -199,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             accounts=load_accounts(args.accounts, url),
             slo_p99_ms=args.slo_p99,
             stop_after_slow=args.stop_after_slow,
+            idle_s=args.idle,
             label=url,
         )
     except ValueError as exc:

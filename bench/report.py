@@ -69,9 +69,11 @@ def process_table(stage: Mapping[str, Any]) -> list[str]:
             "   (other programs on this machine: noise in these figures)"
         )
     if stage.get("cpu_ms_per_message") is not None:
+        over = stage.get("cpu_ms_per_message_over_idle")
         rows.append(
             f"  CPU of the processes above per delivered message: "
             f"{stage['cpu_ms_per_message']:.3f} ms"
+            + (f" ({over:.3f} ms beyond their idle CPU)" if over is not None else "")
         )
     return rows
 

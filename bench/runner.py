@@ -62,6 +62,7 @@ class LoadConfig:
     pids: Mapping[str, int] = field(default_factory=dict)  # target processes to watch
     accounts: Sequence[Account] = ()  # reused before new ones are registered
     slo_p99_ms: float = 1000.0  # a stage keeps up only with delivery p99 at or under this
+    idle_s: float = 2.0  # CPU of the watched processes with every socket open and no traffic
     stop_after_slow: int = 0  # end the series after this many stages in a row did not keep up
     label: str = "target"
 
@@ -94,6 +95,7 @@ def run_load(cfg: LoadConfig, out: Out = print) -> dict[str, Any]:
     pool = _Pool(cfg, run_id, shares)
     try:
         accounts = pool.start(out)
+        idle = pool.idle(cfg.idle_s, out) if cfg.idle_s > 0 and cfg.pids else None
         stages: list[tuple[str, float, float, bool]] = []
         if cfg.warmup_s > 0:
             stages.append(("warmup", min(cfg.rates), cfg.warmup_s, True))
@@ -104,6 +106,7 @@ def run_load(cfg: LoadConfig, out: Out = print) -> dict[str, Any]:
             out(f"stage {index}: {label} offered for {duration:g} s" + (" (warm-up)" * warmup))
             stage = pool.run_stage(index, rate, duration, out)
             stage.update(label=label, warmup=warmup)
+            _over_idle(stage, idle)
             reports.append(stage)
             out(stage_line(stage))
             if not warmup:
@@ -122,6 +125,7 @@ def run_load(cfg: LoadConfig, out: Out = print) -> dict[str, Any]:
         "run_id": run_id,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": _config_dict(cfg, shares),
+        "idle": idle,
         "stages": reports,
         "ok": all(s["ok"] for s in reports),
         "sustained_per_s": max(kept, default=0.0),
@@ -130,6 +134,16 @@ def run_load(cfg: LoadConfig, out: Out = print) -> dict[str, Any]:
         ),
         "accounts": [a.as_dict() for a in accounts],
     }
+
+
+def _over_idle(stage: dict[str, Any], idle: Mapping[str, Any] | None) -> None:
+    """CPU per delivered message beyond what the target burns idle (heartbeats, polls)."""
+    delivered = stage["received"]
+    if idle is None or not delivered or not stage["processes"]:
+        stage["cpu_ms_per_message_over_idle"] = None
+        return
+    extra = stage["process_totals"]["cpu_s"] - idle["cpu_percent"] / 100 * stage["duration_s"]
+    stage["cpu_ms_per_message_over_idle"] = round(1000 * max(extra, 0.0) / delivered, 3)
 
 
 def _config_dict(cfg: LoadConfig, shares: list[int]) -> dict[str, Any]:
@@ -224,6 +238,20 @@ class _Pool:
                 raise LoadFailed(f"load worker {who} failed: {payload}")
             messages.append((kind, who, payload))
         return messages
+
+    def idle(self, seconds: float, out: Out) -> dict[str, Any]:
+        """Totals of the watched processes over `seconds` with the sockets open and quiet."""
+        sampler = procs.ProcessSampler(self.cfg.pids)
+        sampler.start()
+        time.sleep(seconds)
+        figures = sampler.stop()
+        totals = procs.totals(figures)
+        if figures:
+            out(
+                f"  idle with every socket open: {totals['cpu_percent']:g}% of a core, "
+                f"{totals['memory_mib']:g} MiB"
+            )
+        return {**totals, "seconds": seconds, "processes": figures}
 
     def run_stage(self, index: int, rate: float, duration: float, out: Out) -> dict[str, Any]:
         cfg = self.cfg

@@ -84,6 +84,10 @@ def ratios(
                 "cpu_per_message": _div(
                     m[rate]["cpu_ms_per_message"], r[rate]["cpu_ms_per_message"]
                 ),
+                "cpu_per_message_over_idle": _div(
+                    m[rate].get("cpu_ms_per_message_over_idle"),
+                    r[rate].get("cpu_ms_per_message_over_idle"),
+                ),
             }
         )
     lowest = m[common[0]] if common else None
@@ -133,7 +137,7 @@ def summary_lines(result: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"  at {row['offered_per_s']:>6g}/s latency vs relay: p50 {x(row['p50'])}, "
             f"p99 {x(row['p99'])}, p99.9 {x(row['p99.9'])}; CPU per message "
-            f"{x(row['cpu_per_message'])}"
+            f"{x(row['cpu_per_message'])} ({x(row['cpu_per_message_over_idle'])} beyond idle)"
         )
     lines += [
         f"  other programs used {_noise(mesh):.0f}% of a core on average while chatmesh was "

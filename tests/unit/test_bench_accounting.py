@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from bench import stats
 from bench.ledger import StageLedger
 from bench.report import format_report, verdict
-from bench.runner import LoadConfig, combine
+from bench.runner import LoadConfig, _over_idle, combine
 from bench.schedule import NS, OpenLoopSchedule
 
 MS = 1_000_000
@@ -296,3 +296,13 @@ def test_clients_are_spread_evenly_in_pairs() -> None:
     assert len(shares) == 3 and all(s % 2 == 0 for s in shares)
     assert sum(shares) >= math.ceil(1000 / 20)
     assert LoadConfig(url="x", rates=[1], workers=2).clients_per_worker() == [2, 2]
+
+
+def test_cpu_per_message_beyond_idle_discounts_what_the_target_burns_anyway() -> None:
+    figures = {"gateway": {"alive": True, "cpu_s": 3.0, "cpu_percent": 100.0, "memory_mib": 1}}
+    stage = combine(0, 50, 2.0, [_worker_result(0, 100)], figures, 1000)
+    assert stage["cpu_ms_per_message"] == 30.0  # 3 CPU seconds over 100 messages
+    _over_idle(stage, {"cpu_percent": 50.0})  # idle it burns 1 of those 3 s
+    assert stage["cpu_ms_per_message_over_idle"] == 20.0
+    _over_idle(stage, None)
+    assert stage["cpu_ms_per_message_over_idle"] is None
