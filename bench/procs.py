@@ -13,16 +13,16 @@ the whole tree at the end, or the resident set size where PSS cannot be read.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import psutil
 
 
-def _tree(pid: int) -> list[psutil.Process]:
+def _tree(pid: int, alone: bool = False) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
+        return [root] if alone else [root, *root.children(recursive=True)]
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return []
 
@@ -58,10 +58,15 @@ def _machine_busy_s() -> tuple[float, float]:
 
 
 class ProcessSampler:
-    """`start()` at the beginning of a window, `stop()` at its end; figures per name."""
+    """`start()` at the beginning of a window, `stop()` at its end; figures per name.
 
-    def __init__(self, pids: Mapping[str, int]) -> None:
+    Names in `alone` count their process without its descendants (the load tool's parent, whose
+    children are its workers and, under `make bench`, the whole mesh, each watched by name).
+    """
+
+    def __init__(self, pids: Mapping[str, int], alone: Iterable[str] = ()) -> None:
         self.pids = dict(pids)
+        self.alone = frozenset(alone)
         self._start: dict[str, dict[int, float]] = {}
         self._t0 = 0.0
         self._busy0 = (0.0, 0.0)
@@ -77,7 +82,7 @@ class ProcessSampler:
         self._start = {}
         for name, pid in self.pids.items():
             times: dict[int, float] = {}
-            for proc in _tree(pid):
+            for proc in _tree(pid, name in self.alone):
                 cpu = _cpu_s(proc)
                 if cpu is not None:
                     times[proc.pid] = cpu
@@ -91,7 +96,7 @@ class ProcessSampler:
         out: dict[str, dict[str, Any]] = {}
         for name, pid in self.pids.items():
             before = self._start.get(name, {})
-            tree = _tree(pid)
+            tree = _tree(pid, name in self.alone)
             if not tree:
                 out[name] = {"pid": pid, "alive": False}
                 continue

@@ -260,7 +260,7 @@ class _Pool:
         for conn in self.conns:
             conn.send(("stage", spec))
         tool = {**self.worker_pids, "load-parent": os.getpid()}
-        sampler = procs.ProcessSampler({**cfg.pids, **tool})
+        sampler = procs.ProcessSampler({**cfg.pids, **tool}, alone={"load-parent"})
         time.sleep(max(start_ns - time.monotonic_ns(), 0) / NS)
         sampler.start()
         window_end = start_ns + round(duration * NS)
