@@ -235,13 +235,18 @@ class Client:
         try:
             async for msg in ws:
                 now = time.monotonic_ns()
-                if msg.type is aiohttp.WSMsgType.TEXT:
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    continue
+                try:
                     frame = orjson.loads(msg.data)
-                    if isinstance(frame, dict):
-                        if frame.get("action") == "sync_done" and frame.get("has_more") is False:
-                            self.synced.set()
-                        self.handler.on_frame(self, frame, now)
-        except (aiohttp.ClientError, ConnectionError, TimeoutError, orjson.JSONDecodeError):
+                except orjson.JSONDecodeError:
+                    frame = None
+                if not isinstance(frame, dict):
+                    frame = {"action": "error", "code": "tool_got_bad_json"}
+                elif frame.get("action") == "sync_done" and frame.get("has_more") is False:
+                    self.synced.set()
+                self.handler.on_frame(self, frame, now)
+        except (aiohttp.ClientError, ConnectionError, TimeoutError):
             pass
 
     async def _write_loop(self) -> None:
