@@ -138,7 +138,7 @@ def run_load(cfg: LoadConfig, out: Out = print) -> dict[str, Any]:
 
 def _over_idle(stage: dict[str, Any], idle: Mapping[str, Any] | None) -> None:
     """CPU per delivered message beyond what the target burns idle (heartbeats, polls)."""
-    delivered = stage["received"]
+    delivered = stage["received_in_window"]
     if idle is None or not delivered or not stage["processes"]:
         stage["cpu_ms_per_message_over_idle"] = None
         return
@@ -394,7 +394,8 @@ def combine(
     stage["processes"] = target
     stage["process_totals"] = procs.totals(target)
     stage["load_tool"] = procs.totals(tool)
-    delivered = stage["received"]
+    # CPU is sampled over the sending window, so it is divided by what arrived within it.
+    delivered = stage["received_in_window"]
     cpu_s = stage["process_totals"]["cpu_s"]
     stage["cpu_ms_per_message"] = (
         round(1000 * cpu_s / delivered, 3) if target and delivered else None

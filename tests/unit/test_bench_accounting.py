@@ -306,3 +306,20 @@ def test_cpu_per_message_beyond_idle_discounts_what_the_target_burns_anyway() ->
     assert stage["cpu_ms_per_message_over_idle"] == 20.0
     _over_idle(stage, None)
     assert stage["cpu_ms_per_message_over_idle"] is None
+
+
+def test_cpu_per_message_counts_only_what_arrived_while_cpu_was_sampled() -> None:
+    """Under overload much arrives during the drain, after the CPU window closed."""
+    ledger = StageLedger(0, window_end_ns=NS)
+    for k in range(100):
+        cmid = f"r.0.0.{k}"
+        ledger.scheduled(cmid, 0)
+        ledger.on_ack(cmid, str(k + 1), MS)
+        ledger.on_receipt(str(k + 1), 0, NS // 2 if k < 40 else 2 * NS)
+    result = ledger.result()
+    result.update(worker=0, scheduled=100, foreign=0, reconnects=0, clients_gave_up=0)
+    figures = {"gateway": {"alive": True, "cpu_s": 2.0, "cpu_percent": 200.0, "memory_mib": 1}}
+    stage = combine(0, 100, 1.0, [result], figures, 1000)
+    assert stage["received"] == 100 and stage["received_in_window"] == 40
+    assert stage["cpu_ms_per_message"] == 50.0  # 2 CPU seconds over the 40 of the window
+    assert stage["ok"] and not stage["kept_up"]
