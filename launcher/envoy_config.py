@@ -405,12 +405,29 @@ def _another_host() -> dict[str, Any]:
     }
 
 
-def _edge_retry_policy() -> dict[str, Any]:
-    """Safe for any method, POST included: the request never reached a gateway."""
+def _edge_retry_policy(idempotent: bool) -> dict[str, Any]:
+    """Any method may be retried when the request never reached a gateway; GET and HEAD also
+    when the gateway died under it (a reset before any answer), on another gateway."""
     return {
-        "retry_on": "connect-failure,refused-stream",
+        "retry_on": ("reset," if idempotent else "") + "connect-failure,refused-stream",
         "num_retries": NUM_RETRIES,
         **_another_host(),
+    }
+
+
+def _edge_route(idempotent: bool) -> dict[str, Any]:
+    match: dict[str, Any] = {"prefix": "/"}
+    if idempotent:
+        match["headers"] = [
+            {"name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}
+        ]
+    return {
+        "match": match,
+        "route": {
+            "cluster": GATEWAY_HTTP_CLUSTER,
+            "timeout": "0s",
+            "retry_policy": _edge_retry_policy(idempotent),
+        },
     }
 
 
@@ -621,16 +638,7 @@ def _edge_listener(topo: Topology) -> dict[str, Any]:
                 {
                     "name": "edge",
                     "domains": ["*"],
-                    "routes": [
-                        {
-                            "match": {"prefix": "/"},
-                            "route": {
-                                "cluster": GATEWAY_HTTP_CLUSTER,
-                                "timeout": "0s",
-                                "retry_policy": _edge_retry_policy(),
-                            },
-                        }
-                    ],
+                    "routes": [_edge_route(idempotent=True), _edge_route(idempotent=False)],
                 }
             ],
         },

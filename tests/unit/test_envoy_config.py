@@ -148,9 +148,15 @@ def test_edge_serves_websockets_without_timeouts(config: dict[str, Any]) -> None
     assert hcm["codec_type"] == "AUTO"
     assert hcm["upgrade_configs"] == [{"upgrade_type": "websocket"}]
     assert hcm["stream_idle_timeout"] == "0s"
-    (route,) = hcm["route_config"]["virtual_hosts"][0]["routes"]
-    assert route["route"]["timeout"] == "0s"
-    assert route["route"]["cluster"] == envoy_config.GATEWAY_HTTP_CLUSTER
+    reads, others = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    for route in (reads, others):
+        assert route["route"]["timeout"] == "0s"
+        assert route["route"]["cluster"] == envoy_config.GATEWAY_HTTP_CLUSTER
+    # A POST is retried only when it never reached a gateway; a GET also after a reset.
+    assert "reset" in reads["route"]["retry_policy"]["retry_on"]
+    assert reads["match"]["headers"][0]["name"] == ":method"
+    assert "reset" not in others["route"]["retry_policy"]["retry_on"]
+    assert "headers" not in others["match"]
     gateways = _cluster(config, envoy_config.GATEWAY_HTTP_CLUSTER)
     assert gateways["health_checks"][0]["http_health_check"] == {"path": "/livez"}
     assert gateways["common_lb_config"]["healthy_panic_threshold"]["value"] == 0
