@@ -101,8 +101,11 @@ Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[Any, Context], Awaitable[Any]]
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Maps DomainError to its status with ErrorInfo; hides everything else behind INTERNAL."""
+class UnaryServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps the behaviour of every unary method; `wrap` says how. Streams pass untouched."""
+
+    def wrap(self, inner: Handler, method: str) -> Handler:
+        raise NotImplementedError
 
     async def intercept_service(
         self,
@@ -115,8 +118,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None or handler.unary_unary is None:
             return handler
         inner: Handler = handler.unary_unary  # type: ignore[assignment]
-        method = handler_call_details.method
+        return grpc.unary_unary_rpc_method_handler(
+            self.wrap(inner, handler_call_details.method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
+
+class ErrorInterceptor(UnaryServerInterceptor):
+    """Maps DomainError to its status with ErrorInfo; hides everything else behind INTERNAL."""
+
+    def wrap(self, inner: Handler, method: str) -> Handler:
         async def guarded(request: Any, context: Context) -> Any:
             try:
                 return await inner(request, context)
@@ -141,8 +153,4 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     ),
                 )
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return guarded

@@ -38,6 +38,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from svckit.errors import Handler, UnaryServerInterceptor
+
 # No `_created` series next to every counter and histogram: half the series, no information an
 # alert or dashboard here uses. (Every module declaring metrics imports this one first.)
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -121,28 +123,15 @@ def split_method(method: str | bytes) -> tuple[str, str]:
     return service or "unknown", name or "unknown"
 
 
-_Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-
-
 def _code_name(code: Any) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
-class ServerMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class ServerMetrics(UnaryServerInterceptor):
     """Counts and times every unary call a server answers, with its final status code."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner: _Handler = handler.unary_unary  # type: ignore[assignment]
-        service, method = split_method(handler_call_details.method)
+    def wrap(self, inner: Handler, full_method: str) -> Handler:
+        service, method = split_method(full_method)
         handled = _server_handled
         seconds = _server_seconds(service, method)
 
@@ -161,11 +150,7 @@ class ServerMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 seconds.observe(time.perf_counter() - start)
                 handled(service, method, code).inc()
 
-        return grpc.unary_unary_rpc_method_handler(
-            measured,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return measured
 
 
 class ClientMetrics(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
