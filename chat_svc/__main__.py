@@ -96,6 +96,7 @@ async def build(cfg: ChatConfig) -> AsyncIterator[ChatServicer]:
             notify_pb2_grpc.NotifyServiceStub(stubs[channels.NOTIFY]),
             cfg.rpc_timeout_s,
         )
+        stack.push_async_callback(router.aclose)
         chat = Chat(
             ledger=SendLedger(client, cfg.dedupe_retention_s),
             ids=IdGenerator(lease.current()),

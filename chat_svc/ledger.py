@@ -8,6 +8,12 @@
 - `chat:{conversation}:last` holds the newest msg_id given out in a conversation, so after a
   fail-over to another instance new ids continue above it (`IdGenerator.floor`). Ids are stored
   zero-padded, because Lua compares numbers as doubles and msg_ids need 63 bits.
+
+A send costs three round trips: `lookup` (the record and the conversation's last id, pipelined),
+`claim` (the pending record and the new last id, pipelined) and `mark_durable`. The two keys of
+a pipeline live in different cluster slots (one is the sender's, one the conversation's), so
+they are never one transaction; none needs to be: a claim that loses still advances the last id
+to an id nobody uses, which only moves the floor up.
 """
 
 from __future__ import annotations
@@ -55,28 +61,37 @@ class SendLedger:
         self.client = client
         self.retention_ms = retention_s * 1000
 
+        self._advance = client.register_script(_ADVANCE)
+
     async def get(self, sender: str, client_msg_id: str) -> Entry | None:
         return _parse(await self.client.get(_sent_key(sender, client_msg_id)))
 
+    async def lookup(
+        self, sender: str, client_msg_id: str, conversation: str
+    ) -> tuple[Entry | None, int]:
+        """The sender's record of `client_msg_id` if any, and the conversation's last msg_id."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(_sent_key(sender, client_msg_id))
+            pipe.get(_last_key(conversation))
+            raw, last = await pipe.execute()
+        return _parse(raw), int(last) if last else 0
+
     async def claim(self, message: message_pb2.Message) -> Entry | None:
-        """Record `message` as pending; if another attempt got there first, return its entry."""
+        """Record `message` as pending and its msg_id as the conversation's newest (unless a
+        newer one is); if another attempt got there first, return its entry instead."""
         key = _sent_key(message.sender_id, message.client_msg_id)
         value = PENDING + message.SerializeToString()
-        if await self.client.set(key, value, nx=True, px=self.retention_ms):
-            return None
-        return await self.get(message.sender_id, message.client_msg_id)
+        async with self.client.pipeline(transaction=False) as pipe:
+            # SET NX GET (Redis 7): sets when absent and answers the earlier value, if any.
+            pipe.set(key, value, nx=True, px=self.retention_ms, get=True)
+            await self._advance(
+                keys=[_last_key(message.conversation_id)],
+                args=[f"{message.msg_id:020d}", self.retention_ms],
+                client=pipe,
+            )
+            earlier, _ = await pipe.execute()
+        return _parse(earlier)
 
     async def mark_durable(self, message: message_pb2.Message) -> None:
         key = _sent_key(message.sender_id, message.client_msg_id)
         await self.client.set(key, DURABLE + message.SerializeToString(), px=self.retention_ms)
-
-    async def last_id(self, conversation: str) -> int:
-        raw = await self.client.get(_last_key(conversation))
-        return int(raw) if raw else 0
-
-    async def advance(self, conversation: str, msg_id: int) -> int:
-        """Record msg_id as the conversation's newest unless a newer one is; return the newest."""
-        result = await self.client.eval(
-            _ADVANCE, 1, _last_key(conversation), f"{msg_id:020d}", self.retention_ms
-        )
-        return int(result)

@@ -5,7 +5,7 @@ instance (a ring hash on the `x-chatmesh-conversation` header), and within an in
 per-conversation lock serializes numbering, publishing and live delivery. So msg_ids increase
 within a conversation in server order, the log holds them in that order (one partition per
 conversation), and every gateway receives a conversation's deliveries in that order. After a
-fail-over the new instance's ids continue above the conversation's last one (SendLedger.advance
+fail-over the new instance's ids continue above the conversation's last one (SendLedger.claim
 and IdGenerator.floor). A message is answered only after the log acknowledged it (acks=all);
 live delivery happens after that and never fails the send: a device that misses it syncs.
 """
@@ -153,16 +153,17 @@ class Chat:
 
     async def _send(self, request: chat_pb2.SendMessageRequest, conversation: str) -> Accepted:
         async with self.locks.hold(conversation):
-            entry = await self.ledger.get(request.sender_id, request.client_msg_id)
+            entry, last = await self.ledger.lookup(
+                request.sender_id, request.client_msg_id, conversation
+            )
             if entry is not None:
                 return await self._repeat(entry.message, entry.durable)
             if not await self.users.exists(request.recipient_id):
                 raise NotFound("no such recipient", "unknown_recipient")
-            message = await self._number(request, conversation)
-            earlier = await self.ledger.claim(message)
+            message = self._number(request, conversation, last)
+            earlier = await self.ledger.claim(message)  # also advances the conversation's last
             if earlier is not None:
                 return await self._repeat(earlier.message, earlier.durable)
-            await self.ledger.advance(conversation, message.msg_id)
             # A failed publish keeps the claim: the broker may have the record all the same
             # (a timeout is ambiguous), so a retry republishes it under the same msg_id.
             await self._publish(message)
@@ -172,11 +173,10 @@ class Chat:
             m.ACCEPTED.inc()
             return Accepted(message, duplicate=False)
 
-    async def _number(
-        self, request: chat_pb2.SendMessageRequest, conversation: str
+    def _number(
+        self, request: chat_pb2.SendMessageRequest, conversation: str, last: int
     ) -> message_pb2.Message:
         self.ids.set_worker(self.worker())
-        last = await self.ledger.last_id(conversation)
         if last:
             self.ids.floor(last)
         try:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 import grpc
 from chatmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from chatmesh.message.v1 import message_pb2
 from opentelemetry.trace import SpanKind
 
 from gateway import ws
@@ -31,33 +32,43 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         request: gateway_pb2.DeliverMessagesRequest,
         context: Context,
     ) -> gateway_pb2.DeliverMessagesResponse:
-        """Write each delivery as a `new_message` frame, in request order; a socket too slow to
-        take its frame within CHATMESH_DELIVER_TIMEOUT_S is closed with 1001 (its device
-        reconnects and syncs) rather than stall the conversation for everyone."""
-        edge = self._edge
-        unknown: list[str] = []
+        """Write each delivery as a `new_message` frame, in request order for each socket, the
+        sockets side by side: one request carries the frames of many conversations (chat_svc
+        batches them), and a socket too slow to take its frames within
+        CHATMESH_DELIVER_TIMEOUT_S is closed with 1001 (its device reconnects and syncs) rather
+        than stall the others."""
+        per_socket: dict[str, list[message_pb2.Message]] = {}
         for delivery in request.deliveries:
-            conn = edge.registry.get(delivery.connection_id)
-            if conn is None or conn.closed:
-                unknown.append(delivery.connection_id)
-                continue
-            try:
-                with telemetry.span(
-                    "ws deliver new_message",
-                    kind=SpanKind.PRODUCER,
-                    attributes={
-                        "chatmesh.connection_id": conn.connection_id,
-                        "chatmesh.msg_id": str(delivery.message.msg_id),
-                        "chatmesh.held": conn.live.holding,
-                    },
-                ):
-                    await asyncio.wait_for(
-                        edge.messaging.deliver(conn, delivery.message), edge.cfg.deliver_timeout_s
-                    )
-            except TimeoutError:
-                conn.request_close(CloseCode.GOING_AWAY, "too slow; reconnect and sync")
-                unknown.append(delivery.connection_id)
+            per_socket.setdefault(delivery.connection_id, []).append(delivery.message)
+        taken = await asyncio.gather(
+            *(self._deliver(cid, messages) for cid, messages in per_socket.items())
+        )
+        unknown = [cid for cid, ok in zip(per_socket, taken, strict=True) if not ok]
         return gateway_pb2.DeliverMessagesResponse(unknown_connection_ids=unknown)
+
+    async def _deliver(self, connection_id: str, messages: list[message_pb2.Message]) -> bool:
+        """Write one socket's frames in order; False if the socket is unknown, closed or slow."""
+        edge = self._edge
+        conn = edge.registry.get(connection_id)
+        if conn is None or conn.closed:
+            return False
+        try:
+            async with asyncio.timeout(edge.cfg.deliver_timeout_s):
+                for message in messages:
+                    with telemetry.span(
+                        "ws deliver new_message",
+                        kind=SpanKind.PRODUCER,
+                        attributes={
+                            "chatmesh.connection_id": conn.connection_id,
+                            "chatmesh.msg_id": str(message.msg_id),
+                            "chatmesh.held": conn.live.holding,
+                        },
+                    ):
+                        await edge.messaging.deliver(conn, message)
+        except TimeoutError:
+            conn.request_close(CloseCode.GOING_AWAY, "too slow; reconnect and sync")
+            return False
+        return True
 
     async def CloseSessionConnections(  # noqa: N802 - generated method name
         self,

@@ -6,6 +6,10 @@ Per user, two keys in one cluster slot (the `{user_id}` hash tag):
 Reads take only members whose score is in the future and prune the rest; both keys carry a key
 TTL of the longest entry, so a user whose gateways all died leaves nothing behind.
 `presence:{u}:seen` holds the last-seen time.
+
+A read of any number of users is one round trip: a script per user (prune, then the live
+entries), all of them in one pipeline. chat_svc reads two users per message, so this is the
+presence path's main cost.
 """
 
 from __future__ import annotations
@@ -17,6 +21,21 @@ from chatmesh.presence.v1 import presence_pb2
 
 from presence_svc import logic
 
+# KEYS: exp, conn; ARGV: now_ms. Drops the expired entries, returns the live ones' values.
+_LIVE = """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for i = 1, #dead, 1000 do
+  local chunk = {unpack(dead, i, math.min(i + 999, #dead))}
+  redis.call('ZREM', KEYS[1], unpack(chunk))
+  redis.call('HDEL', KEYS[2], unpack(chunk))
+end
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+if #live == 0 then
+  return {}
+end
+return redis.call('HMGET', KEYS[2], unpack(live))
+"""
+
 
 def _keys(user_id: str) -> tuple[str, str, str]:
     tag = f"presence:{{{user_id}}}"
@@ -26,6 +45,7 @@ def _keys(user_id: str) -> tuple[str, str, str]:
 class PresenceStore:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
+        self._live = client.register_script(_LIVE)
 
     async def put(
         self, entries: Iterable[presence_pb2.Connection], expires_at_ms: int, now_ms: int
@@ -59,23 +79,20 @@ class PresenceStore:
         return bool(removed)
 
     async def live(self, user_ids: Sequence[str], now_ms: int) -> list[presence_pb2.Connection]:
-        result: list[presence_pb2.Connection] = []
-        for user_id in dict.fromkeys(user_ids):
-            exp_key, conn_key, _ = _keys(user_id)
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.zrangebyscore(exp_key, f"({now_ms}", "+inf")
-                pipe.zrangebyscore(exp_key, "-inf", now_ms)
-                live_ids, dead_ids = await pipe.execute()
-            if dead_ids:
-                async with self.client.pipeline(transaction=True) as pipe:
-                    pipe.zrem(exp_key, *dead_ids)
-                    pipe.hdel(conn_key, *dead_ids)
-                    await pipe.execute()
-            if live_ids:
-                for raw in await self.client.hmget(conn_key, live_ids):
-                    if isinstance(raw, bytes):
-                        result.append(presence_pb2.Connection.FromString(raw))
-        return result
+        users = list(dict.fromkeys(user_ids))
+        if not users:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for user_id in users:
+                exp_key, conn_key, _ = _keys(user_id)
+                await self._live(keys=[exp_key, conn_key], args=[now_ms], client=pipe)
+            replies = await pipe.execute()
+        return [
+            presence_pb2.Connection.FromString(raw)
+            for values in replies
+            for raw in values
+            if isinstance(raw, bytes)
+        ]
 
     async def last_seen(self, user_id: str) -> int:
         value = await self.client.get(_keys(user_id)[2])

@@ -147,6 +147,22 @@ async def test_a_retry_on_either_instance_yields_the_first_msg_id_and_one_record
     assert [m.msg_id for m in a.router.routed] == [first.message.msg_id]
 
 
+async def test_racing_attempts_on_two_instances_agree_on_one_msg_id(
+    instances: list[Instance], kafka_bootstrap: str, topic: str
+) -> None:
+    a, b = instances
+    for n in range(5):
+        req = request("alice", "bob", f"race-{n}")
+        one, two = await asyncio.gather(a.chat.send(req), b.chat.send(req))
+        assert one.message.msg_id == two.message.msg_id
+        assert [one.duplicate, two.duplicate].count(False) == 1  # exactly one claim won
+    log = await asyncio.to_thread(read_log, kafka_bootstrap, topic)
+    # A loser that finds the claim still pending finishes it (publishes again under the same
+    # msg_id; the store and clients dedupe): never a second msg_id.
+    assert len({m.client_msg_id: m.msg_id for _, _, m in log}) == 5
+    assert len({m.msg_id for _, _, m in log}) == 5
+
+
 async def test_ids_increase_in_log_order_within_a_conversation_across_instances(
     instances: list[Instance], kafka_bootstrap: str, topic: str
 ) -> None:
@@ -185,7 +201,7 @@ async def test_a_claim_left_pending_by_a_crash_is_finished_by_the_retry(
     a, b = instances
     # Simulate instance a dying after claiming but before publishing.
     req = request("alice", "bob", "crash-1")
-    message = await a.chat._number(req, "dm:alice:bob")
+    message = a.chat._number(req, "dm:alice:bob", 0)
     assert await a.chat.ledger.claim(message) is None
     retried = await b.chat.send(req)
     assert retried.duplicate and retried.message.msg_id == message.msg_id

@@ -30,17 +30,22 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def stub(
-    redis_url: str, clock: FakeClock
-) -> AsyncIterator[presence_pb2_grpc.PresenceServiceStub]:
+async def client(redis_url: str) -> AsyncIterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def stub(
+    client: redis.Redis, clock: FakeClock
+) -> AsyncIterator[presence_pb2_grpc.PresenceServiceStub]:
     servicer = PresenceServicer(PresenceStore(client), Policy(default_ttl_s=30), clock)
     srv = await start_server("127.0.0.1", 0, lambda s: register(s, servicer))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
         yield presence_pb2_grpc.PresenceServiceStub(channel)
     await srv.stop(1)
-    await client.aclose()
 
 
 def conn(cid: str, user: str = "u1", session: str = "s1") -> presence_pb2.Connection:
@@ -108,6 +113,22 @@ async def test_entries_lapse_without_heartbeat_and_refresh_keeps_them(
     assert await live_ids(stub, "u1") == set()
     seen = await stub.GetLastSeen(presence_pb2.GetLastSeenRequest(user_id="u1"))
     assert not seen.online
+
+
+async def test_a_read_prunes_lapsed_entries_of_every_user_it_reads(
+    stub: presence_pb2_grpc.PresenceServiceStub, client: redis.Redis, clock: FakeClock
+) -> None:
+    for cid, user, ttl in (("a1", "ua", 10), ("a2", "ua", 60), ("b1", "ub", 10), ("c1", "uc", 10)):
+        await stub.RegisterConnection(
+            presence_pb2.RegisterConnectionRequest(connection=conn(cid, user=user), ttl_seconds=ttl)
+        )
+    clock.now_ms += 20_000
+    # One read of several users (and a repeated one, and one never seen) in one call.
+    assert await live_ids(stub, "ua", "ub", "ua", "nobody") == {"a2"}
+    assert await client.hkeys("presence:{ua}:conn") == [b"a2"]
+    assert await client.zrange("presence:{ua}:exp", 0, -1) == [b"a2"]
+    assert await client.hlen("presence:{ub}:conn") == 0
+    assert await client.hkeys("presence:{uc}:conn") == [b"c1"]  # not read: left to its key TTL
 
 
 async def test_incomplete_connection_is_refused_with_a_reason(
