@@ -43,6 +43,7 @@ from chatmesh.presence.v1 import presence_pb2, presence_pb2_grpc
 from chat_svc import metrics as m
 from svckit.batching import Batcher, KeyedBatcher
 from svckit.channels import GATEWAY_ADDR_HEADER
+from svckit.metrics import BATCH_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,12 @@ class LiveRouter:
         self._lookups: Batcher[tuple[str, ...], list[presence_pb2.Connection]] = Batcher(
             self._lookup_batch,
             max_batch=max_batch,
-            on_batch=m.BATCH_SIZE.labels("presence").observe,
+            on_batch=BATCH_SIZE.labels("presence").observe,
         )
         self._deliveries: KeyedBatcher[str, list[gateway_pb2.Delivery], set[str]] = KeyedBatcher(
             self._deliver_batch,
             max_batch=max_batch,
-            on_batch=m.BATCH_SIZE.labels("deliver").observe,
+            on_batch=BATCH_SIZE.labels("deliver").observe,
         )
 
     async def route(self, message: message_pb2.Message) -> None:

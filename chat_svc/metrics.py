@@ -26,13 +26,6 @@ LIVE_DELIVERY_FAILURES = Counter(
     "chatmesh_live_delivery_failures_total",
     "Messages whose DeliverMessages call to a gateway instance failed (its devices will sync).",
 )
-BATCH_SIZE = Histogram(
-    "chatmesh_chat_batch_size",
-    "Messages carried by one batched call: presence reads (call=presence) and DeliverMessages "
-    "to one gateway (call=deliver). Near 1 when quiet; it grows with the load.",
-    ["call"],
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-)
 PUSH_HANDOFF_FAILURES = Counter(
     "chatmesh_push_handoff_failures_total",
     "Hand-offs to notify_svc that failed (the recipient's devices sync when they connect).",

@@ -26,9 +26,13 @@ from grpc_health.v1 import health_pb2
 
 from gateway.config import GatewayConfig
 from svckit import channels
+from svckit.batching import Batcher
+from svckit.metrics import BATCH_SIZE
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
+
+ACK_BATCH_MAX = 1000  # the store's limit per BatchAckMessages (persister/history.py)
 
 # The services GET /healthz requires, by their mesh authority.
 READINESS_AUTHORITIES: tuple[str, ...] = (
@@ -193,19 +197,35 @@ class ChatClient:
         )
 
 
+class AckRefused(Exception):
+    """The store refused one acknowledgement of a batch (INVALID_ARGUMENT with `reason`)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
 class StoreClient:
     """chatmesh.message.v1.MessageStoreService: sync, acknowledgements and history.
 
     Every call may wait for the store to catch up with the log (the barrier in
     persister/history.py), so they all get `timeout_s` = CHATMESH_SYNC_TIMEOUT_S.
+
+    Acks of all this instance's sockets share `BatchAckMessages` calls (svckit.batching): one
+    call at a time, carrying every ack that arrived while the previous one ran. An ack is still
+    answered on its own: its socket waits for its result, and a refused one raises AckRefused.
     """
 
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float):
         def unary(name: str, response: type[Resp]) -> Unary[Req, Resp]:
             return Unary(channel, _method(_STORE, name), response, timeout_s)
 
-        self._ack: Unary[store_pb2.AckMessagesRequest, store_pb2.AckMessagesResponse] = unary(
-            "AckMessages", store_pb2.AckMessagesResponse
+        self._batch_ack: Unary[
+            store_pb2.BatchAckMessagesRequest, store_pb2.BatchAckMessagesResponse
+        ] = unary("BatchAckMessages", store_pb2.BatchAckMessagesResponse)
+        self._acks: Batcher[store_pb2.AckMessagesRequest, store_pb2.AckResult] = Batcher(
+            self._ack_batch, max_batch=ACK_BATCH_MAX, on_batch=BATCH_SIZE.labels("ack").observe
         )
         self._sync: Unary[store_pb2.SyncMessagesRequest, store_pb2.SyncMessagesResponse] = unary(
             "SyncMessages", store_pb2.SyncMessagesResponse
@@ -220,7 +240,7 @@ class StoreClient:
     async def ack(
         self, user_id: str, device_id: str, msg_id: int, conversation_id: str
     ) -> store_pb2.AckMessagesResponse:
-        return await self._ack(
+        result = await self._acks.submit(
             store_pb2.AckMessagesRequest(
                 user_id=user_id,
                 device_id=device_id,
@@ -228,6 +248,18 @@ class StoreClient:
                 conversation_id=conversation_id,
             )
         )
+        if result.error_reason:
+            raise AckRefused(result.error_reason, result.error_message)
+        return result.response
+
+    async def _ack_batch(
+        self, batch: Sequence[store_pb2.AckMessagesRequest]
+    ) -> Sequence[store_pb2.AckResult]:
+        reply = await self._batch_ack(store_pb2.BatchAckMessagesRequest(requests=batch))
+        return reply.results
+
+    async def close(self) -> None:
+        await self._acks.aclose()
 
     async def sync(
         self, user_id: str, device_id: str, cursor: str, page_size: int
@@ -327,6 +359,7 @@ class Clients:
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     async def close(self) -> None:
+        await self.store.close()
         await asyncio.gather(*(channel.close(None) for channel in self.channels))
 
 

@@ -222,24 +222,35 @@ _REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _MAX_MESSAGE = 300
 
 
+def refused(reason: str, message: str) -> EdgeError:
+    """A refusal a batch call reported for one of its items: read as INVALID_ARGUMENT with
+    `reason`, exactly as the same refusal of a unary call would be."""
+    return _mapped(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
+
+
 def from_rpc(error: grpc.aio.AioRpcError, *, bearer: bool = False) -> EdgeError:
     """Map a failed call behind the edge.
 
     `bearer=True` marks the check of a presented token: any refusal is then `unauthenticated`
     (401 / close 4001), whatever reason the service chose.
     """
-    rule = _RULES.get(error.code())
+    return _mapped(error.code(), reason_of(error), error.details() or "", bearer=bearer)
+
+
+def _mapped(
+    status: grpc.StatusCode, reason: str | None, details: str, *, bearer: bool = False
+) -> EdgeError:
+    rule = _RULES.get(status)
     if rule is None:
         return internal()
-    reason = reason_of(error)
     if reason is not None and not _REASON.fullmatch(reason):
         reason = None
     code = reason if (rule.use_reason and reason is not None) else rule.default_code
-    if error.code() == grpc.StatusCode.UNAUTHENTICATED and (bearer or code not in _AUTH_CODES):
+    if status == grpc.StatusCode.UNAUTHENTICATED and (bearer or code not in _AUTH_CODES):
         code = "unauthenticated"
     message = rule.message
     if rule.relay_message and reason is not None:
-        details = (error.details() or "").strip()
+        details = details.strip()
         if details and details.isprintable():
             message = details[:_MAX_MESSAGE]
     return EdgeError(

@@ -28,7 +28,7 @@ from chatmesh.message.v1 import message_pb2
 
 from gateway import edge_errors, frames
 from gateway import metrics as m
-from gateway.clients import Clients
+from gateway.clients import AckRefused, Clients
 from gateway.config import GatewayConfig
 from svckit.conversations import conversation_id
 
@@ -131,7 +131,10 @@ class Messaging:
         if frame.msg_id >= 2**63:
             raise edge_errors.EdgeError("bad_field", "no such message", 400, frame_code="bad_field")
         known = conn.live.recent.get(frame.msg_id, "")
-        await self.clients.store.ack(conn.user_id, conn.device_id, frame.msg_id, known)
+        try:
+            await self.clients.store.ack(conn.user_id, conn.device_id, frame.msg_id, known)
+        except AckRefused as exc:
+            raise edge_errors.refused(exc.reason, exc.message) from None
 
     async def sync(self, conn: Socket, cursor: str | None, *, all_pages: bool = False) -> None:
         """One page (a client's `sync`), or every page (a resume), then release held frames."""

@@ -115,6 +115,7 @@ RPC_POLICIES: dict[str, dict[str, RpcPolicy]] = {
         # Both may wait for the store to catch up with the log (the sync barrier, up to
         # CHATMESH_SYNC_BARRIER_TIMEOUT_S), e.g. while a dead persister's partitions move over.
         "AckMessages": BARRIER,  # a device's position never moves back
+        "BatchAckMessages": BARRIER,  # the same, for many devices at once
         "SyncMessages": BARRIER,  # read
         "ListMessages": BARRIER,  # read (behind the barrier: read your writes)
         "ListConversations": BARRIER,  # read (behind the barrier)

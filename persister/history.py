@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from chatmesh.message.v1 import store_pb2, store_pb2_grpc
 
 from persister import cursor
-from persister.store import MessageStore
+from persister.store import Ack, MessageStore
 from svckit.conversations import peer_of
-from svckit.errors import Context, InvalidArgument, PermissionDenied, Unavailable
+from svckit.errors import Context, DomainError, InvalidArgument, PermissionDenied, Unavailable
 
 EndOffsets = Callable[[], Awaitable[dict[int, int]]]
 
@@ -29,6 +29,7 @@ DEFAULT_SYNC_PAGE = 100
 MAX_SYNC_PAGE = 500
 MAX_HISTORY_PAGE = 100
 DEFAULT_CONVERSATIONS = 100
+MAX_ACK_BATCH = 1000
 MAX_CONVERSATIONS = 500
 
 
@@ -95,20 +96,60 @@ class MessageStoreServicer(store_pb2_grpc.MessageStoreServiceServicer):
     async def AckMessages(
         self, request: store_pb2.AckMessagesRequest, context: Context
     ) -> store_pb2.AckMessagesResponse:
-        if not request.user_id or not request.device_id or not request.msg_id:
-            raise InvalidArgument("user_id, device_id and msg_id are required")
-        conversation = request.conversation_id or await self.store.conversation_of(request.msg_id)
-        if not conversation:
+        (result,) = await self._ack([request])
+        if isinstance(result, DomainError):
+            raise result
+        return result
+
+    async def BatchAckMessages(
+        self, request: store_pb2.BatchAckMessagesRequest, context: Context
+    ) -> store_pb2.BatchAckMessagesResponse:
+        if len(request.requests) > MAX_ACK_BATCH:
+            raise InvalidArgument(f"at most {MAX_ACK_BATCH} acknowledgements per call")
+        results = [
+            store_pb2.AckResult(error_reason=r.reason, error_message=r.message)
+            if isinstance(r, DomainError)
+            else store_pb2.AckResult(response=r)
+            for r in await self._ack(request.requests)
+        ]
+        return store_pb2.BatchAckMessagesResponse(results=results)
+
+    async def _ack(
+        self, requests: Sequence[store_pb2.AckMessagesRequest]
+    ) -> list[store_pb2.AckMessagesResponse | DomainError]:
+        """Apply acknowledgements together: one lookup of the conversations not given, one
+        store write; each gets its response or its refusal."""
+        valid = [bool(r.user_id and r.device_id and r.msg_id) for r in requests]
+        missing = [
+            r.msg_id for r, ok in zip(requests, valid, strict=True) if ok and not r.conversation_id
+        ]
+        found = await self.store.conversations_of(missing)
+        if any(m not in found for m in missing):
             # Acknowledged live before the writer stored it: wait for the store, then look again.
             await self.barrier.wait()
-            conversation = await self.store.conversation_of(request.msg_id)
-        if not conversation or peer_of(conversation, request.user_id) is None:
-            # Unknown and not-yours read the same: an ack never reveals other conversations.
-            raise InvalidArgument(f"no message {request.msg_id} for this user", "bad_field")
-        acked = await self.store.ack(
-            request.user_id, request.device_id, conversation, request.msg_id
-        )
-        return store_pb2.AckMessagesResponse(conversation_id=conversation, acked_msg_id=acked)
+            found = await self.store.conversations_of(missing)
+        outcome: list[Ack | DomainError] = []
+        for request, ok in zip(requests, valid, strict=True):
+            if not ok:
+                outcome.append(InvalidArgument("user_id, device_id and msg_id are required"))
+                continue
+            conversation = request.conversation_id or found.get(request.msg_id, "")
+            if not conversation or peer_of(conversation, request.user_id) is None:
+                # Unknown and not-yours read the same: an ack never reveals other conversations.
+                outcome.append(
+                    InvalidArgument(f"no message {request.msg_id} for this user", "bad_field")
+                )
+                continue
+            outcome.append(Ack(request.user_id, request.device_id, conversation, request.msg_id))
+        after = await self.store.ack([a for a in outcome if isinstance(a, Ack)])
+        return [
+            a
+            if isinstance(a, DomainError)
+            else store_pb2.AckMessagesResponse(
+                conversation_id=a.conversation_id, acked_msg_id=after.get(a.position, a.msg_id)
+            )
+            for a in outcome
+        ]
 
     async def ListMessages(
         self, request: store_pb2.ListMessagesRequest, context: Context

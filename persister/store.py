@@ -35,6 +35,20 @@ class ConversationRow:
     unread: int
 
 
+@dataclass(frozen=True, order=True)
+class Ack:
+    """A device has stored everything up to `msg_id` in a conversation."""
+
+    user_id: str
+    device_id: str
+    conversation_id: str
+    msg_id: int
+
+    @property
+    def position(self) -> tuple[str, str, str]:
+        return self.user_id, self.device_id, self.conversation_id
+
+
 @dataclass(frozen=True)
 class SyncPage:
     messages: list[message_pb2.Message]
@@ -69,11 +83,12 @@ class MessageStore(Protocol):
     async def conversations(self, user_id: str, limit: int) -> list[ConversationRow]:
         """A user's conversations, newest activity first."""
 
-    async def conversation_of(self, msg_id: int) -> str | None:
-        """The conversation holding `msg_id`, if stored."""
+    async def conversations_of(self, msg_ids: Sequence[int]) -> dict[int, str]:
+        """The conversation holding each stored msg_id (unknown ones are left out)."""
 
-    async def ack(self, user_id: str, device_id: str, conversation_id: str, msg_id: int) -> int:
-        """Move the device's position forward (never back); return the position after."""
+    async def ack(self, acks: Sequence[Ack]) -> dict[tuple[str, str, str], int]:
+        """Move each device's position forward (never back), all in one unit of work; return
+        each position (`Ack.position`) after the call."""
 
     async def save_cursor(
         self, handle: str, user_id: str, device_id: str, positions: Mapping[str, int]

@@ -22,7 +22,7 @@ from typing import Any
 from chatmesh.message.v1 import message_pb2
 from psycopg.types.json import Jsonb
 
-from persister.store import ConversationRow, LogRecord, SyncPage
+from persister.store import Ack, ConversationRow, LogRecord, SyncPage
 from svckit import pg
 from svckit.pg import Migration, Pool
 
@@ -303,33 +303,54 @@ class PostgresMessageStore:
                 )
             return result
 
-    async def conversation_of(self, msg_id: int) -> str | None:
+    async def conversations_of(self, msg_ids: Sequence[int]) -> dict[int, str]:
+        if not msg_ids:
+            return {}
         async with self._connected() as conn:
             cur = await conn.execute(
-                "SELECT conversation_id FROM message_locations WHERE msg_id = %s", (msg_id,)
+                "SELECT msg_id, conversation_id FROM message_locations WHERE msg_id = ANY(%s)",
+                (list(msg_ids),),
             )
-            row = await cur.fetchone()
-            return str(row[0]) if row else None
+            return {int(msg_id): str(conv) for msg_id, conv in await cur.fetchall()}
 
-    async def ack(self, user_id: str, device_id: str, conversation_id: str, msg_id: int) -> int:
+    async def ack(self, acks: Sequence[Ack]) -> dict[tuple[str, str, str], int]:
+        if not acks:
+            return {}
+        # One row per position (ON CONFLICT may touch a row once per statement), in key order so
+        # that two concurrent batches lock shared rows in the same order and cannot deadlock.
+        devices: dict[tuple[str, str, str], int] = {}
+        readers: dict[tuple[str, str], int] = {}
+        for ack in acks:
+            devices[ack.position] = max(devices.get(ack.position, 0), ack.msg_id)
+            reader = (ack.user_id, ack.conversation_id)
+            readers[reader] = max(readers.get(reader, 0), ack.msg_id)
+        rows = sorted(devices.items())
+        reads = sorted(readers.items())
         async with self._connected() as conn, conn.transaction():
             cur = await conn.execute(
                 "INSERT INTO device_positions (user_id, device_id, conversation_id, acked_msg_id)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (user_id, device_id, conversation_id)"
+                " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[])"
+                " ON CONFLICT (user_id, device_id, conversation_id)"
                 " DO UPDATE SET acked_msg_id ="
                 " GREATEST(device_positions.acked_msg_id, EXCLUDED.acked_msg_id)"
-                " RETURNING acked_msg_id",
-                (user_id, device_id, conversation_id, msg_id),
+                " RETURNING user_id, device_id, conversation_id, acked_msg_id",
+                (
+                    [k[0] for k, _ in rows],
+                    [k[1] for k, _ in rows],
+                    [k[2] for k, _ in rows],
+                    [v for _, v in rows],
+                ),
             )
-            row = await cur.fetchone()
+            after = {(u, d, c): int(v) for u, d, c, v in await cur.fetchall()}
             await conn.execute(
                 "INSERT INTO read_positions (user_id, conversation_id, read_msg_id)"
-                " VALUES (%s, %s, %s) ON CONFLICT (user_id, conversation_id)"
+                " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])"
+                " ON CONFLICT (user_id, conversation_id)"
                 " DO UPDATE SET read_msg_id ="
                 " GREATEST(read_positions.read_msg_id, EXCLUDED.read_msg_id)",
-                (user_id, conversation_id, msg_id),
+                ([k[0] for k, _ in reads], [k[1] for k, _ in reads], [v for _, v in reads]),
             )
-            return int(row[0]) if row else msg_id
+        return after
 
     async def save_cursor(
         self, handle: str, user_id: str, device_id: str, positions: Mapping[str, int]

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from chatmesh.message.v1 import message_pb2
 
-from persister.store import LogRecord, MessageStore
+from persister.store import Ack, LogRecord, MessageStore
 from persister.stores import postgres
 from svckit.conversations import conversation_id
 from svckit.pg import open_pool
@@ -129,15 +129,49 @@ async def test_ack_moves_positions_forward_only_and_sync_resumes_after_it(
     batch = [msg("hank", "iris", f"h{i}") for i in range(4)]
     await store.apply(records(batch), {})
     conv = batch[0].conversation_id
-    assert await store.conversation_of(batch[1].msg_id) == conv
-    assert await store.conversation_of(1) is None
-    assert await store.ack("iris", "tab", conv, batch[1].msg_id) == batch[1].msg_id
-    assert await store.ack("iris", "tab", conv, batch[0].msg_id) == batch[1].msg_id
+    assert await store.conversations_of([batch[1].msg_id, 1, batch[2].msg_id]) == {
+        batch[1].msg_id: conv,
+        batch[2].msg_id: conv,
+    }
+    assert await store.conversations_of([]) == {}
+    tab = ("iris", "tab", conv)
+    assert await store.ack([Ack(*tab, batch[1].msg_id)]) == {tab: batch[1].msg_id}
+    assert await store.ack([Ack(*tab, batch[0].msg_id)]) == {tab: batch[1].msg_id}
     page = await store.sync_page("iris", "tab", {}, limit=10)
     assert [m.content for m in page.messages] == ["h2", "h3"]
     # another device of iris is unaffected
     page = await store.sync_page("iris", "phone", {}, limit=10)
     assert [m.content for m in page.messages] == ["h0", "h1", "h2", "h3"]
+
+
+async def test_one_ack_call_moves_many_positions_each_to_its_highest(store: MessageStore) -> None:
+    ab = [msg("ann", "bo", f"a{i}") for i in range(3)]
+    cd = [msg("cy", "bo", f"c{i}") for i in range(2)]
+    await store.apply(records(ab + cd), {})
+    ab_conv, cd_conv = ab[0].conversation_id, cd[0].conversation_id
+    after = await store.ack(
+        [
+            Ack("bo", "phone", ab_conv, ab[2].msg_id),
+            Ack("bo", "phone", ab_conv, ab[0].msg_id),  # same position, lower: no effect
+            Ack("bo", "laptop", ab_conv, ab[1].msg_id),
+            Ack("bo", "phone", cd_conv, cd[0].msg_id),
+        ]
+    )
+    assert after == {
+        ("bo", "phone", ab_conv): ab[2].msg_id,
+        ("bo", "laptop", ab_conv): ab[1].msg_id,
+        ("bo", "phone", cd_conv): cd[0].msg_id,
+    }
+    assert [m.content for m in (await store.sync_page("bo", "phone", {}, 10)).messages] == ["c1"]
+    assert [m.content for m in (await store.sync_page("bo", "laptop", {}, 10)).messages] == [
+        "a2",
+        "c0",
+        "c1",
+    ]
+    assert await store.ack([]) == {}
+    # The read positions follow the highest of the user's devices: nothing unread from ann.
+    unread = {c.peer_id: c.unread for c in await store.conversations("bo", 10)}
+    assert unread == {"ann": 0, "cy": 1}
 
 
 async def test_conversations_newest_first_with_unread(store: MessageStore) -> None:
@@ -149,7 +183,7 @@ async def test_conversations_newest_first_with_unread(store: MessageStore) -> No
     assert convs[0].last_message.content == "l0"
     assert convs[1].last_message.content == "j1"
     assert [c.unread for c in convs] == [1, 2]
-    await store.ack("kim", "d", older[0].conversation_id, older[0].msg_id)
+    await store.ack([Ack("kim", "d", older[0].conversation_id, older[0].msg_id)])
     convs = await store.conversations("kim", 10)
     assert [c.unread for c in convs] == [1, 1]
     jack_view = await store.conversations("jack", 10)

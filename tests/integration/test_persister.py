@@ -6,19 +6,23 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
-from chatmesh.message.v1 import message_pb2
+from chatmesh.message.v1 import message_pb2, store_pb2, store_pb2_grpc
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from launcher import servers
+from persister.__main__ import register
 from persister.consumer import LogWriter
-from persister.history import Barrier
+from persister.history import Barrier, MessageStoreServicer
 from persister.logend import LogEnd
+from persister.store import LogRecord
 from persister.stores.postgres import PostgresMessageStore, migrate
 from svckit.conversations import conversation_id
-from svckit.errors import Unavailable
+from svckit.errors import Unavailable, reason_of
 from svckit.kafka import consumer_config, producer_config
+from svckit.lifecycle import start_server
 from svckit.pg import open_pool
 from svckit.testing import eventually
 
@@ -139,3 +143,75 @@ async def test_a_record_that_is_not_a_message_is_skipped(
 async def _applied_beyond(store: PostgresMessageStore, topic: str, partition: int) -> bool:
     applied = await store.applied_offsets(topic)
     return applied.get(partition, 0) >= 1
+
+
+async def test_batch_ack_answers_each_ack_on_its_own_in_one_call(
+    kafka_bootstrap: str, topic: str, store: PostgresMessageStore
+) -> None:
+    ann_bo = [
+        message_pb2.Message(
+            msg_id=50_000 + i,
+            conversation_id=conversation_id("ann", "bo"),
+            sender_id="ann",
+            sender_device_id="d",
+            recipient_id="bo",
+            content=f"a{i}",
+            client_msg_id=f"a{i}",
+        )
+        for i in range(3)
+    ]
+    await store.apply([LogRecord(topic, 0, i, m) for i, m in enumerate(ann_bo)], {})
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    servicer = MessageStoreServicer(store, Barrier(store, topic, LogEnd(admin, topic, 5), 5))
+    srv = await start_server("127.0.0.1", 0, lambda s: register(s, servicer))
+    conv = ann_bo[0].conversation_id
+
+    def ack(user: str, msg_id: int, conversation: str = "") -> store_pb2.AckMessagesRequest:
+        return store_pb2.AckMessagesRequest(
+            user_id=user, device_id="phone", msg_id=msg_id, conversation_id=conversation
+        )
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+            stub = store_pb2_grpc.MessageStoreServiceStub(channel)
+            reply = await stub.BatchAckMessages(
+                store_pb2.BatchAckMessagesRequest(
+                    requests=[
+                        ack("bo", ann_bo[0].msg_id, conv),  # conversation given by the gateway
+                        ack("bo", ann_bo[1].msg_id),  # looked up
+                        ack("cy", ann_bo[1].msg_id),  # not cy's conversation
+                        ack("bo", 7),  # no such message
+                        store_pb2.AckMessagesRequest(user_id="bo", msg_id=ann_bo[2].msg_id),
+                        ack("ann", ann_bo[2].msg_id),  # the sender's own device
+                    ]
+                )
+            )
+            outcome = [
+                (r.error_reason, r.response.conversation_id, r.response.acked_msg_id)
+                for r in reply.results
+            ]
+            assert outcome == [
+                ("", conv, ann_bo[1].msg_id),  # the position after the call: the batch's highest
+                ("", conv, ann_bo[1].msg_id),
+                ("bad_field", "", 0),
+                ("bad_field", "", 0),
+                ("bad_request", "", 0),
+                ("", conv, ann_bo[2].msg_id),
+            ]
+            assert "no message 7" in reply.results[3].error_message
+            page = await store.sync_page("bo", "phone", {}, 10)
+            assert [m.content for m in page.messages] == ["a2"]
+            # The unary call takes the same path and refuses the same way.
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.AckMessages(ack("cy", ann_bo[0].msg_id))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert reason_of(refused.value) == "bad_field"
+            single = await stub.AckMessages(ack("bo", ann_bo[2].msg_id))
+            assert (single.conversation_id, single.acked_msg_id) == (conv, ann_bo[2].msg_id)
+            with pytest.raises(grpc.aio.AioRpcError) as too_many:
+                await stub.BatchAckMessages(
+                    store_pb2.BatchAckMessagesRequest(requests=[ack("bo", 1)] * 1001)
+                )
+            assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        await srv.stop(1)
