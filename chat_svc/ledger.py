@@ -61,8 +61,6 @@ class SendLedger:
         self.client = client
         self.retention_ms = retention_s * 1000
 
-        self._advance = client.register_script(_ADVANCE)
-
     async def get(self, sender: str, client_msg_id: str) -> Entry | None:
         return _parse(await self.client.get(_sent_key(sender, client_msg_id)))
 
@@ -84,10 +82,14 @@ class SendLedger:
         async with self.client.pipeline(transaction=False) as pipe:
             # SET NX GET (Redis 7): sets when absent and answers the earlier value, if any.
             pipe.set(key, value, nx=True, px=self.retention_ms, get=True)
-            await self._advance(
-                keys=[_last_key(message.conversation_id)],
-                args=[f"{message.msg_id:020d}", self.retention_ms],
-                client=pipe,
+            # EVAL, not a registered script: redis-py checks a pipeline's scripts with SCRIPT
+            # EXISTS before every execution, a round trip of its own.
+            pipe.eval(
+                _ADVANCE,
+                1,
+                _last_key(message.conversation_id),
+                f"{message.msg_id:020d}",
+                self.retention_ms,
             )
             earlier, _ = await pipe.execute()
         return _parse(earlier)

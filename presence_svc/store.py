@@ -45,7 +45,6 @@ def _keys(user_id: str) -> tuple[str, str, str]:
 class PresenceStore:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._live = client.register_script(_LIVE)
 
     async def put(
         self, entries: Iterable[presence_pb2.Connection], expires_at_ms: int, now_ms: int
@@ -85,7 +84,9 @@ class PresenceStore:
         async with self.client.pipeline(transaction=False) as pipe:
             for user_id in users:
                 exp_key, conn_key, _ = _keys(user_id)
-                await self._live(keys=[exp_key, conn_key], args=[now_ms], client=pipe)
+                # EVAL, not a registered script: redis-py checks a pipeline's scripts with
+                # SCRIPT EXISTS before every execution, a round trip of its own.
+                pipe.eval(_LIVE, 2, exp_key, conn_key, now_ms)
             replies = await pipe.execute()
         return [
             presence_pb2.Connection.FromString(raw)
