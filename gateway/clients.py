@@ -215,12 +215,17 @@ class StoreClient:
     Acks of all this instance's sockets share `BatchAckMessages` calls (svckit.batching): one
     call at a time, carrying every ack that arrived while the previous one ran. An ack is still
     answered on its own: its socket waits for its result, and a refused one raises AckRefused.
+    Only acks whose conversation the gateway knows (it wrote the frame) are batched: those never
+    wait for the store's barrier, so a batch never waits for the log.
     """
 
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float):
         def unary(name: str, response: type[Resp]) -> Unary[Req, Resp]:
             return Unary(channel, _method(_STORE, name), response, timeout_s)
 
+        self._ack: Unary[store_pb2.AckMessagesRequest, store_pb2.AckMessagesResponse] = unary(
+            "AckMessages", store_pb2.AckMessagesResponse
+        )
         self._batch_ack: Unary[
             store_pb2.BatchAckMessagesRequest, store_pb2.BatchAckMessagesResponse
         ] = unary("BatchAckMessages", store_pb2.BatchAckMessagesResponse)
@@ -240,14 +245,14 @@ class StoreClient:
     async def ack(
         self, user_id: str, device_id: str, msg_id: int, conversation_id: str
     ) -> store_pb2.AckMessagesResponse:
-        result = await self._acks.submit(
-            store_pb2.AckMessagesRequest(
-                user_id=user_id,
-                device_id=device_id,
-                msg_id=msg_id,
-                conversation_id=conversation_id,
-            )
+        request = store_pb2.AckMessagesRequest(
+            user_id=user_id, device_id=device_id, msg_id=msg_id, conversation_id=conversation_id
         )
+        if not conversation_id:
+            # The store must look the message up, and may wait for its writer to catch up: on
+            # its own call, so that the shared batches never wait for the log.
+            return await self._ack(request)
+        result = await self._acks.submit(request)
         if result.error_reason:
             raise AckRefused(result.error_reason, result.error_message)
         return result.response

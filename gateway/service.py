@@ -20,12 +20,17 @@ from gateway.edge_errors import CloseCode
 from svckit import telemetry
 from svckit.errors import Context
 
+SLOW_SOCKET_WAIT_S = 0.05  # how long DeliverMessages waits for a socket's frames to be written
+
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, edge: ws.Edge) -> None:
         self._edge = edge
+        # Writes to slow sockets that outlive their DeliverMessages call; each ends within
+        # CHATMESH_DELIVER_TIMEOUT_S (written, or the socket closed).
+        self._background: set[asyncio.Future[bool]] = set()
 
     async def DeliverMessages(  # noqa: N802 - generated method name
         self,
@@ -40,10 +45,21 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         per_socket: dict[str, list[message_pb2.Message]] = {}
         for delivery in request.deliveries:
             per_socket.setdefault(delivery.connection_id, []).append(delivery.message)
-        taken = await asyncio.gather(
-            *(self._deliver(cid, messages) for cid, messages in per_socket.items())
-        )
-        unknown = [cid for cid, ok in zip(per_socket, taken, strict=True) if not ok]
+        writes = {
+            cid: asyncio.ensure_future(self._deliver(cid, messages))
+            for cid, messages in per_socket.items()
+        }
+        # A socket whose frames are not written at once has a full buffer (a slow reader): its
+        # writes go on in the background, bounded by the timeout, so that one slow reader never
+        # holds up a batch meant for many sockets. It counts as having taken them: it is open,
+        # and if it is closed for slowness its device reconnects and syncs. Order holds: each
+        # socket writes under a FIFO lock, taken in arrival order.
+        await asyncio.wait(writes.values(), timeout=SLOW_SOCKET_WAIT_S)
+        unknown = [cid for cid, w in writes.items() if w.done() and not w.result()]
+        for write in writes.values():
+            if not write.done():
+                self._background.add(write)
+                write.add_done_callback(self._background.discard)
         return gateway_pb2.DeliverMessagesResponse(unknown_connection_ids=unknown)
 
     async def _deliver(self, connection_id: str, messages: list[message_pb2.Message]) -> bool:

@@ -102,7 +102,7 @@ def cases(to: str) -> list[tuple[str, str]]:
         ('{"action": "ack", "msg_id": 5}', "bad_field"),
         ('{"action": "ack", "msg_id": ""}', "bad_field"),
         ('{"action": "ack", "msg_id": ["1"]}', "bad_field"),
-        # Well formed, but no message of this user: refused by the store inside a batched call.
+        # Well formed, but no message of this user: refused by the store.
         ('{"action": "ack", "msg_id": "5"}', "bad_field"),
         ('{"action": "sync", "cursor": 5}', "bad_field"),
         ('{"action": "sync", "cursor": {"a": 1}}', "bad_field"),

@@ -5,7 +5,9 @@ the presence heartbeat, the readiness cache)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -14,6 +16,8 @@ import aiohttp
 import grpc
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from chatmesh.gateway.v1 import gateway_pb2
+from chatmesh.message.v1 import message_pb2
 from chatmesh.presence.v1 import presence_pb2
 from chatmesh.user.v1 import user_pb2
 
@@ -295,3 +299,65 @@ async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         assert loop.time() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+async def test_a_slow_reader_does_not_hold_up_a_delivery_batch(fakes: Fakes) -> None:
+    """One DeliverMessages call carries frames for many sockets. A socket whose reader stopped
+    (its buffers full) keeps its frames, in order, but the call answers without waiting for
+    it, so the other sockets of the batch are not held up for the slow one's timeout."""
+    fakes.edge.cfg = dataclasses.replace(fakes.edge.cfg, deliver_timeout_s=60)
+    fakes.user.add("slow", user_id="u-slow", session_id="s-slow")
+    fakes.user.add("fast", user_id="u-fast", session_id="s-fast")
+    srv = await start_server("127.0.0.1", 0, service.register(fakes.edge))
+    try:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as channel,
+            fakes.client.ws_connect("/api/v1/ws?token=slow") as slow,
+            fakes.client.ws_connect("/api/v1/ws?token=fast") as fast,
+        ):
+            await ping(slow)
+            await ping(fast)
+            by_user = {c.user_id: c for c in fakes.edge.registry.by_session("s-slow")}
+            by_user |= {c.user_id: c for c in fakes.edge.registry.by_session("s-fast")}
+            # Small kernel buffers on both ends and a client that stops reading: the server's
+            # writes to this socket block after a few frames.
+            server_sock = by_user["u-slow"].ws._req.transport.get_extra_info("socket")  # type: ignore[union-attr]
+            server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            client_transport = slow._response.connection.transport  # type: ignore[union-attr]
+            client_transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, 4096
+            )
+            client_transport.pause_reading()
+
+            def big(n: int, to: str) -> gateway_pb2.Delivery:
+                message = message_pb2.Message(
+                    msg_id=1000 + n,
+                    conversation_id=f"dm:u-other:{to}",
+                    sender_id="u-other",
+                    recipient_id=to,
+                    content=f"{n:04d}" + "x" * 4000,
+                    client_msg_id=f"c{n}",
+                )
+                return gateway_pb2.Delivery(
+                    connection_id=by_user[to].connection_id, message=message
+                )
+
+            peers = GatewayPeers(channel, timeout_s=WAIT_S)
+            batch = [big(n, "u-slow") for n in range(300)] + [big(300, "u-fast")]
+            # Far less than the slow socket's 60 s timeout: the call did not wait for it.
+            unknown = await asyncio.wait_for(peers.deliver_messages(MY_ADDR, batch), WAIT_S)
+            assert unknown == []  # the slow socket is open: it took its frames, to be written
+            got = await fast.receive_json(timeout=WAIT_S)
+            assert got["msg_id"] == "1300"
+            # Read again, with ordinary buffers (tiny ones make loopback crawl).
+            server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            client_transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20
+            )
+            client_transport.resume_reading()
+            contents = [
+                (await slow.receive_json(timeout=WAIT_S))["content"][:4] for _ in range(300)
+            ]
+            assert contents == [f"{n:04d}" for n in range(300)]  # all of them, in order
+    finally:
+        await srv.stop(0)

@@ -131,6 +131,18 @@ def test_deliberate_refusal_text_reaches_the_client() -> None:
     assert edge_errors.from_rpc(exc).message == "username must match [a-z0-9_.]{3,32}"
 
 
+def test_a_refused_item_of_a_batch_reads_like_the_same_unary_refusal() -> None:
+    unary = edge_errors.from_rpc(
+        rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "no message 5 for this user", "bad_field")
+    )
+    batched = edge_errors.refused("bad_field", "no message 5 for this user")
+    assert batched.frame() == unary.frame()
+    assert (batched.code, batched.status, batched.close_code) == ("bad_field", 400, None)
+    # A reason that is not a stable code is not relayed, nor is its text.
+    odd = edge_errors.refused("Bad Field!", "internal detail")
+    assert (odd.code, odd.message) == ("bad_request", "bad request")
+
+
 @pytest.mark.parametrize(
     ("grpc_code", "reason"),
     [
