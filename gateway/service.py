@@ -54,7 +54,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         # holds up a batch meant for many sockets. It counts as having taken them: it is open,
         # and if it is closed for slowness its device reconnects and syncs. Order holds: each
         # socket writes under a FIFO lock, taken in arrival order.
-        await asyncio.wait(writes.values(), timeout=SLOW_SOCKET_WAIT_S)
+        if writes:
+            await asyncio.wait(writes.values(), timeout=SLOW_SOCKET_WAIT_S)
         unknown = [cid for cid, w in writes.items() if w.done() and not w.result()]
         for write in writes.values():
             if not write.done():

@@ -324,6 +324,7 @@ async def test_a_slow_reader_does_not_hold_up_a_delivery_batch(fakes: Fakes) -> 
             server_sock = by_user["u-slow"].ws._req.transport.get_extra_info("socket")  # type: ignore[union-attr]
             server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             client_transport = slow._response.connection.transport  # type: ignore[union-attr]
+            assert client_transport is not None
             client_transport.get_extra_info("socket").setsockopt(
                 socket.SOL_SOCKET, socket.SO_RCVBUF, 4096
             )
