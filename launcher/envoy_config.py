@@ -369,7 +369,9 @@ def _gateway_http_cluster(host: str, ports: Sequence[int]) -> dict[str, Any]:
 
     Circuit breakers as high as the downstream cap: every WebSocket holds one upstream HTTP/1.1
     connection and one active request for its whole life, and Envoy's defaults (1,024 of each
-    per cluster, for all gateways together) refused socket 1,025 with 503 `UO` (overflow)."""
+    per cluster, for all gateways together) refused socket 1,025 with 503 `UO` (overflow). In a
+    reconnect storm many connects to a gateway time out at once; the default of 3 concurrent
+    retries turned those into 503 `UO,UF` instead of retrying them."""
     limit = MAX_DOWNSTREAM_CONNECTIONS
     return {
         "name": GATEWAY_HTTP_CLUSTER,
@@ -386,6 +388,7 @@ def _gateway_http_cluster(host: str, ports: Sequence[int]) -> dict[str, Any]:
                     "max_connections": limit,
                     "max_pending_requests": limit,
                     "max_requests": limit,
+                    "max_retries": limit,
                 }
             ]
         },

@@ -166,7 +166,7 @@ def test_edge_serves_websockets_without_timeouts(config: dict[str, Any]) -> None
     # Each socket holds an upstream connection and a request: Envoy's default circuit breakers
     # (1,024 for all gateways together) would refuse socket 1,025 with 503.
     (breakers,) = gateways["circuit_breakers"]["thresholds"]
-    for key in ("max_connections", "max_pending_requests", "max_requests"):
+    for key in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
         assert breakers[key] == envoy_config.MAX_DOWNSTREAM_CONNECTIONS
 
 
