@@ -46,7 +46,7 @@ async def main() -> None:
     )
     try:
         await runner.setup()
-        site = web.TCPSite(runner, cfg.http_host, cfg.http_port)
+        site = web.TCPSite(runner, cfg.http_host, cfg.http_port, backlog=cfg.http_backlog)
         try:
             await site.start()
         except OSError as exc:

@@ -26,6 +26,12 @@ class GatewayConfig(ServiceConfig):
     http_port: int = setting(
         "CHATMESH_HTTP_PORT", DEFAULT_HTTP_PORT, "port the REST/WebSocket edge binds"
     )
+    http_backlog: int = setting(
+        "CHATMESH_HTTP_BACKLOG",
+        4096,
+        "listen backlog of the edge port (the kernel caps it at net.core.somaxconn): a reconnect "
+        "storm opens thousands of connections at once",
+    )
     advertise_addr: str = setting(
         "CHATMESH_ADVERTISE_ADDR",
         "",
@@ -109,6 +115,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> GatewayConfig:
         "CHATMESH_MAX_BODY_BYTES": cfg.max_body_bytes,
         "CHATMESH_PRESENCE_TTL_S": cfg.presence_ttl_s,
         "CHATMESH_PRESENCE_HEARTBEAT_S": cfg.presence_heartbeat_s,
+        "CHATMESH_HTTP_BACKLOG": cfg.http_backlog,
     }
     for env, value in positive.items():
         if value <= 0:

@@ -47,6 +47,12 @@ from svckit import telemetry
 log = logging.getLogger(__name__)
 
 _REFRESH_BATCH = 500
+# Presence calls in flight from one instance, registers and unregisters apart: in a reconnect
+# storm thousands of sockets end and open at once, and unbounded they overflowed Envoy's request
+# limit and starved presence_svc's health checks (registers then failed until the next
+# heartbeat). Unregisters get fewer slots: a missed one only lapses with its TTL.
+_REGISTERS_IN_FLIGHT = 64
+_UNREGISTERS_IN_FLIGHT = 16
 _MAX_CLOSE_REASON = 120  # bytes; RFC 6455 allows 123
 
 
@@ -199,6 +205,12 @@ class Edge:
     messaging: Messaging = field(init=False)
     draining: bool = False
     opened: int = 0  # sockets accepted since start (for the connect-storm log line)
+    registers: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(_REGISTERS_IN_FLIGHT)
+    )
+    unregisters: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(_UNREGISTERS_IN_FLIGHT)
+    )
 
     def __post_init__(self) -> None:
         self.messaging = Messaging(self.cfg, self.clients)
@@ -308,7 +320,8 @@ async def _announce(edge: Edge, conn: Connection, token: str) -> None:
     """Record the socket in presence, then check the session is still alive (module docstring)."""
     entry = conn.presence_entry(edge.gateway_id, edge.gateway_addr)
     try:
-        await edge.clients.presence.register(entry, edge.cfg.presence_ttl_s)
+        async with edge.registers:
+            await edge.clients.presence.register(entry, edge.cfg.presence_ttl_s)
     except grpc.aio.AioRpcError as exc:
         # The next heartbeat's RefreshConnections restores the entry.
         log.warning(
@@ -325,7 +338,8 @@ async def _announce(edge: Edge, conn: Connection, token: str) -> None:
 
 async def _withdraw(edge: Edge, conn: Connection) -> None:
     try:
-        await edge.clients.presence.unregister(conn.user_id, conn.connection_id)
+        async with edge.unregisters:
+            await edge.clients.presence.unregister(conn.user_id, conn.connection_id)
     except grpc.aio.AioRpcError as exc:
         log.warning(
             "presence unregister failed; the entry will lapse",

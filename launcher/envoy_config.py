@@ -366,7 +366,14 @@ def _gateway_http_cluster(host: str, ports: Sequence[int]) -> dict[str, Any]:
     """No outlier detection here: Envoy counts every WebSocket the client closes as a local-origin
     failure of the upstream, so a few closes would eject healthy gateways. A dead gateway is found
     by the active check on /livez, and meanwhile the edge retries a refused connection on another
-    gateway."""
+    gateway.
+
+    Circuit breakers as high as the downstream cap: every WebSocket holds one upstream HTTP/1.1
+    connection and one active request for its whole life, and Envoy's defaults (1,024 of each
+    per cluster, for all gateways together) refused socket 1,025 with 503 `UO` (overflow). In a
+    reconnect storm many connects to a gateway time out at once; the default of 3 concurrent
+    retries turned those into 503 `UO,UF` instead of retrying them."""
+    limit = MAX_DOWNSTREAM_CONNECTIONS
     return {
         "name": GATEWAY_HTTP_CLUSTER,
         "type": "STATIC",
@@ -375,6 +382,17 @@ def _gateway_http_cluster(host: str, ports: Sequence[int]) -> dict[str, Any]:
         "load_assignment": _endpoints(GATEWAY_HTTP_CLUSTER, host, ports),
         "health_checks": [{**_health_check_timing(), "http_health_check": {"path": "/livez"}}],
         "common_lb_config": _common_lb_config(),
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    "max_connections": limit,
+                    "max_pending_requests": limit,
+                    "max_requests": limit,
+                    "max_retries": limit,
+                }
+            ]
+        },
     }
 
 

@@ -163,6 +163,11 @@ def test_edge_serves_websockets_without_timeouts(config: dict[str, Any]) -> None
     # Client-closed WebSockets count as local-origin failures in Envoy: no outlier ejection of
     # gateways, or a few closes would take the edge down (the active check finds dead ones).
     assert "outlier_detection" not in gateways
+    # Each socket holds an upstream connection and a request: Envoy's default circuit breakers
+    # (1,024 for all gateways together) would refuse socket 1,025 with 503.
+    (breakers,) = gateways["circuit_breakers"]["thresholds"]
+    for key in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
+        assert breakers[key] == envoy_config.MAX_DOWNSTREAM_CONNECTIONS
 
 
 def test_edge_local_replies_are_json_errors(config: dict[str, Any]) -> None:
