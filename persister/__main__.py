@@ -68,9 +68,8 @@ async def main() -> None:
         await migrate(pool)
         store = PostgresMessageStore(pool)
         admin = AdminClient({"bootstrap.servers": cfg.kafka_bootstrap})
-        barrier = Barrier(
-            store, MESSAGES_TOPIC, LogEnd(admin, MESSAGES_TOPIC, cfg.rpc_timeout_s), cfg.sync_wait_s
-        )
+        log_end = LogEnd(admin, MESSAGES_TOPIC, cfg.rpc_timeout_s)
+        barrier = Barrier(store, MESSAGES_TOPIC, log_end, cfg.sync_wait_s)
         servicer = MessageStoreServicer(store, barrier)
         writer = LogWriter(
             consumer_config(cfg.kafka_bootstrap, cfg.group, cfg.instance()),
@@ -94,6 +93,7 @@ async def main() -> None:
         stop.set()
         await writing
         serving.result()
+        await log_end.aclose()
     finally:
         await pool.close()
 

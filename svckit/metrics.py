@@ -102,7 +102,8 @@ BATCH_SIZE = Histogram(
     "chatmesh_batch_size",
     "Items carried by one coalesced call (svckit.batching), by call: presence (chat_svc's "
     "presence reads, messages), deliver (chat_svc's DeliverMessages to one gateway, messages), "
-    "ack (a gateway's BatchAckMessages, acks). Near 1 when quiet; it grows with the load.",
+    "ack (a gateway's BatchAckMessages, acks), log_end (a persister's log-end reads shared by "
+    "sync barriers, callers). Near 1 when quiet; it grows with the load.",
     ["call"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -215,3 +216,36 @@ async def test_batch_ack_answers_each_ack_on_its_own_in_one_call(
             assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         await srv.stop(1)
+
+
+class CountingAdmin:
+    """The real AdminClient, counting its ListOffsets requests."""
+
+    def __init__(self, admin: AdminClient) -> None:
+        self.admin = admin
+        self.list_offsets_calls = 0
+
+    def list_topics(self, *args: Any, **kwargs: Any) -> Any:
+        return self.admin.list_topics(*args, **kwargs)
+
+    def list_offsets(self, *args: Any, **kwargs: Any) -> Any:
+        self.list_offsets_calls += 1
+        return self.admin.list_offsets(*args, **kwargs)
+
+
+async def test_log_end_reads_are_shared_and_never_older_than_the_call(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    admin = CountingAdmin(AdminClient({"bootstrap.servers": kafka_bootstrap}))
+    log_end = LogEnd(cast(AdminClient, admin), topic, 5)
+    assert sum((await log_end()).values()) == 0
+    before = admin.list_offsets_calls
+    # A reconnect storm's worth of barriers at once: a couple of broker requests, not 200.
+    ends = await asyncio.gather(*(log_end() for _ in range(200)))
+    assert all(e == ends[0] for e in ends)
+    assert admin.list_offsets_calls - before <= 2
+    # A call that starts after records were acknowledged sees them, even while reads are shared.
+    sent = produce(kafka_bootstrap, topic, 5)
+    later = await asyncio.gather(*(log_end() for _ in range(50)))
+    assert all(sum(e.values()) == len(sent) for e in later)
+    await log_end.aclose()
