@@ -17,8 +17,8 @@ they reconnect.
 
 A recipient with no live socket is handed to notify_svc for a push.
 
-Batching: both calls go through `svckit.batching`. A presence read for a message that finds a
-read under way waits for it and goes, together with the others that waited, in the next read;
+Batching: both calls go through `svckit.batching`. A presence read for a message that finds
+reads under way (two at most) waits and goes, together with the others that waited, in the next;
 frames for one gateway instance likewise share the next `DeliverMessages` to it. A quiet mesh
 makes one call per message as before; a busy one makes one call per batch, which is what lets
 chat_svc, presence_svc, Envoy and the gateways carry more messages per second than calls per
@@ -55,21 +55,25 @@ class LiveRouter:
         gateways: gateway_pb2_grpc.GatewayServiceStub,
         notify: notify_pb2_grpc.NotifyServiceStub,
         timeout_s: float,
-        *,
-        max_batch: int = 256,
     ) -> None:
         self.presence = presence
         self.gateways = gateways
         self.notify = notify
         self.timeout_s = timeout_s
+        # Two calls in flight, so one slow call (a timeout) never stalls every message behind
+        # it; batches large enough that a backlog drains in a call or two. A DeliverMessages
+        # batch is bounded by size too: 64 messages of at most 4,096 characters (16 KiB of
+        # UTF-8) each stay far below gRPC's 4 MiB default message limit.
         self._lookups: Batcher[tuple[str, ...], list[presence_pb2.Connection]] = Batcher(
             self._lookup_batch,
-            max_batch=max_batch,
+            max_batch=1024,
+            max_in_flight=2,
             on_batch=BATCH_SIZE.labels("presence").observe,
         )
         self._deliveries: KeyedBatcher[str, list[gateway_pb2.Delivery], set[str]] = KeyedBatcher(
             self._deliver_batch,
-            max_batch=max_batch,
+            max_batch=64,
+            max_in_flight=2,
             on_batch=BATCH_SIZE.labels("deliver").observe,
         )
 

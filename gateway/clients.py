@@ -212,8 +212,8 @@ class StoreClient:
     Every call may wait for the store to catch up with the log (the barrier in
     persister/history.py), so they all get `timeout_s` = CHATMESH_SYNC_TIMEOUT_S.
 
-    Acks of all this instance's sockets share `BatchAckMessages` calls (svckit.batching): one
-    call at a time, carrying every ack that arrived while the previous one ran. An ack is still
+    Acks of all this instance's sockets share `BatchAckMessages` calls (svckit.batching): up to
+    two calls at a time, each carrying the acks that arrived while the others ran. An ack is still
     answered on its own: its socket waits for its result, and a refused one raises AckRefused.
     Only acks whose conversation the gateway knows (it wrote the frame) are batched: those never
     wait for the store's barrier, so a batch never waits for the log.
@@ -230,7 +230,10 @@ class StoreClient:
             store_pb2.BatchAckMessagesRequest, store_pb2.BatchAckMessagesResponse
         ] = unary("BatchAckMessages", store_pb2.BatchAckMessagesResponse)
         self._acks: Batcher[store_pb2.AckMessagesRequest, store_pb2.AckResult] = Batcher(
-            self._ack_batch, max_batch=ACK_BATCH_MAX, on_batch=BATCH_SIZE.labels("ack").observe
+            self._ack_batch,
+            max_batch=ACK_BATCH_MAX,
+            max_in_flight=2,
+            on_batch=BATCH_SIZE.labels("ack").observe,
         )
         self._sync: Unary[store_pb2.SyncMessagesRequest, store_pb2.SyncMessagesResponse] = unary(
             "SyncMessages", store_pb2.SyncMessagesResponse

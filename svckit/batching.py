@@ -80,6 +80,7 @@ class Batcher(Generic[T, R]):
             task = asyncio.ensure_future(self._run(batch))
             self._tasks.add(task)
             task.add_done_callback(self._finished)
+            self._kick()  # more than a batch waiting, and a call free: start it too
         else:
             self._settle()
 

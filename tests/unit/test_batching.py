@@ -77,6 +77,18 @@ async def test_max_batch_splits_a_long_queue() -> None:
     assert rec.batches == [[0, 1], [2, 3], [4]]
 
 
+async def test_a_queue_longer_than_a_batch_uses_every_free_call() -> None:
+    rec = Recorder()
+    batcher = Batcher(rec, max_batch=2, max_in_flight=2)
+    rec.gate.clear()
+    waiting = [asyncio.ensure_future(batcher.submit(i)) for i in range(5)]
+    await rec.started(2)
+    assert rec.batches == [[0, 1], [2, 3]]  # both calls started, the fifth item waits
+    rec.gate.set()
+    assert await asyncio.gather(*waiting) == [0, 10, 20, 30, 40]
+    assert rec.batches == [[0, 1], [2, 3], [4]]
+
+
 async def test_max_in_flight_allows_overlapping_calls() -> None:
     rec = Recorder()
     batcher = Batcher(rec, max_in_flight=2)
