@@ -377,13 +377,9 @@ class _Sockets:
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     """Process entry point (spawn): serve the parent's commands until `exit` or EOF."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency everywhere it builds
-        asyncio.run(_serve(spec, conn))
-    else:
-        uvloop.run(_serve(spec, conn))
+    from bench.worker import run_worker
+
+    run_worker(_serve(spec, conn))
 
 
 async def _serve(spec: WorkerSpec, conn: Connection) -> None:

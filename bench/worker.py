@@ -354,15 +354,21 @@ async def _gather_all(coros: list[Coroutine[Any, Any, Any]]) -> list[Any]:
 # The worker process.
 
 
-def worker_main(spec: WorkerSpec, conn: Connection) -> None:
-    """Process entry point (multiprocessing, spawn): serve the parent's commands until told."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
+def run_worker(main: Coroutine[Any, Any, None]) -> None:
+    """Run a worker process's event loop (uvloop where it builds); Ctrl-C is left to the parent,
+    which stops its workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency everywhere it builds
-        asyncio.run(_serve(spec, conn))
+        asyncio.run(main)
     else:
-        uvloop.run(_serve(spec, conn))
+        uvloop.run(main)
+
+
+def worker_main(spec: WorkerSpec, conn: Connection) -> None:
+    """Process entry point (multiprocessing, spawn): serve the parent's commands until told."""
+    run_worker(_serve(spec, conn))
 
 
 async def _serve(spec: WorkerSpec, conn: Connection) -> None:
