@@ -8,6 +8,7 @@ one hop from whoever produced it, however many gateway instances there are.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable
 
 import grpc
@@ -19,6 +20,8 @@ from gateway import ws
 from gateway.edge_errors import CloseCode
 from svckit import telemetry
 from svckit.errors import Context
+
+log = logging.getLogger(__name__)
 
 SLOW_SOCKET_WAIT_S = 0.05  # how long DeliverMessages waits for a socket's frames to be written
 
@@ -60,8 +63,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         for write in writes.values():
             if not write.done():
                 self._background.add(write)
-                write.add_done_callback(self._background.discard)
+                write.add_done_callback(self._settled)
         return gateway_pb2.DeliverMessagesResponse(unknown_connection_ids=unknown)
+
+    def _settled(self, write: asyncio.Future[bool]) -> None:
+        """A background write ended: drop it, and log a failure nobody else would see."""
+        self._background.discard(write)
+        if not write.cancelled() and write.exception() is not None:
+            log.error("writing live frames failed", exc_info=write.exception())
 
     async def _deliver(self, connection_id: str, messages: list[message_pb2.Message]) -> bool:
         """Write one socket's frames in order; False if the socket is unknown, closed or slow."""
