@@ -19,6 +19,7 @@ import uuid
 from typing import Any
 
 from bench import stats
+from persister.stores import postgres
 
 RECORD_BYTES = 200  # about a message record: ids, conversation, 64 characters of content
 TOPIC = "chatmesh.bench.raw"
@@ -82,25 +83,8 @@ def broker_baseline(
     return asyncio.run(_broker(bootstrap, duration_s, concurrency))
 
 
-_TABLE = """
-CREATE TABLE IF NOT EXISTS bench_messages (
-    conversation_id  text   NOT NULL,
-    msg_id           bigint NOT NULL,
-    sender_id        text   NOT NULL,
-    sender_device_id text   NOT NULL,
-    recipient_id     text   NOT NULL,
-    content          text   NOT NULL,
-    client_msg_id    text   NOT NULL,
-    client_ts        bigint NOT NULL,
-    server_ts_ms     bigint NOT NULL,
-    PRIMARY KEY (conversation_id, msg_id)
-)
-"""
-_INSERT = (
-    "INSERT INTO bench_messages (msg_id, conversation_id, sender_id, sender_device_id,"
-    " recipient_id, content, client_msg_id, client_ts, server_ts_ms)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-)
+_TABLE = "bench_messages"  # shaped as the persister's messages table, dropped afterwards
+_INSERT = postgres.insert_messages(_TABLE)
 
 
 def _rows(start: int, count: int) -> list[tuple[Any, ...]]:
@@ -127,8 +111,8 @@ def postgres_baseline(dsn: str, duration_s: float = 3.0, batch: int = 500) -> di
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(_TABLE)
-        conn.execute("TRUNCATE bench_messages")
+        conn.execute(f"DROP TABLE IF EXISTS {_TABLE}")
+        conn.execute(postgres.messages_table(_TABLE))
         single = stats.new_histogram()
         next_id = 1
         t0 = time.perf_counter()
@@ -151,7 +135,7 @@ def postgres_baseline(dsn: str, duration_s: float = 3.0, batch: int = 500) -> di
             next_id += batch
             rows += batch
         batched_rate = rows / (time.perf_counter() - t1)
-        conn.execute("DROP TABLE bench_messages")
+        conn.execute(f"DROP TABLE {_TABLE}")
     return {
         "single_row": stats.summary(single),
         "single_rows_per_s": round(single_rate, 1),

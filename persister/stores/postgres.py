@@ -29,13 +29,12 @@ from svckit.pg import Migration, Pool
 MIGRATION_LOCK = pg.lock_key("chatmesh.persister.migrations")
 CURSOR_RETENTION_MS = 7 * 24 * 3600 * 1000  # a cursor older than this means "from the acks"
 
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(
-        1,
-        "messages, conversation lists, device positions, applied offsets",
-        (
-            """
-            CREATE TABLE messages (
+
+def messages_table(name: str) -> str:
+    """The messages table's DDL under `name` (the raw PostgreSQL baseline of `make bench`
+    measures inserts into a table of the same shape)."""
+    return f"""
+            CREATE TABLE {name} (
                 conversation_id  text   NOT NULL,
                 msg_id           bigint NOT NULL,
                 sender_id        text   NOT NULL,
@@ -47,7 +46,23 @@ MIGRATIONS: tuple[Migration, ...] = (
                 server_ts_ms     bigint NOT NULL,
                 PRIMARY KEY (conversation_id, msg_id)
             )
-            """,
+            """
+
+
+def insert_messages(name: str) -> str:
+    """The persister's idempotent insert of one message row into table `name`."""
+    return (
+        f"INSERT INTO {name} ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT DO NOTHING"
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "messages, conversation lists, device positions, applied offsets",
+        (
+            messages_table("messages"),
             """
             CREATE TABLE message_locations (
                 msg_id          bigint PRIMARY KEY,
@@ -157,8 +172,7 @@ class PostgresMessageStore:
         async with self._connected() as conn, conn.transaction():
             cur = conn.cursor()
             await cur.executemany(
-                f"INSERT INTO messages ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT DO NOTHING",
+                insert_messages("messages"),
                 [
                     (
                         m.msg_id,
