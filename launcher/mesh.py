@@ -319,6 +319,7 @@ class Mesh:
         """
         self.ports = ports
         self.state_dir = state_dir.resolve()
+        self._state_lock = threading.Lock()  # see _write_state
         self.log_dir = self.state_dir / "logs"
         self.fsync = fsync
         self.out = out if out is not None else (lambda line: print(line, flush=True))
@@ -744,24 +745,27 @@ class Mesh:
         return self.state_dir / STATE_FILE
 
     def _write_state(self) -> None:
-        record = {
-            "launcher_pid": os.getpid(),
-            "launcher_start_ticks": servers.start_ticks(os.getpid()),
-            "ports": dataclasses.asdict(self.ports),
-            "processes": {
-                name: {
-                    "pid": inst.pid,
-                    "start_ticks": servers.start_ticks(inst.pid),
-                    "argv": list(inst.child.argv),
-                    "ports": list(inst.ports),
-                }
-                for name, inst in self.instances.items()
-                if inst.pid is not None and inst.alive()
-            },
-        }
-        tmp = self._state_path().with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(self._state_path())
+        # Instances may be restarted from several threads at once (tests do): one writer at a
+        # time, each reading the instances under the lock, so the last write is the newest.
+        with self._state_lock:
+            record = {
+                "launcher_pid": os.getpid(),
+                "launcher_start_ticks": servers.start_ticks(os.getpid()),
+                "ports": dataclasses.asdict(self.ports),
+                "processes": {
+                    name: {
+                        "pid": inst.pid,
+                        "start_ticks": servers.start_ticks(inst.pid),
+                        "argv": list(inst.child.argv),
+                        "ports": list(inst.ports),
+                    }
+                    for name, inst in self.instances.items()
+                    if inst.pid is not None and inst.alive()
+                },
+            }
+            tmp = self._state_path().with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+            tmp.replace(self._state_path())
 
     def _reap_previous_launcher(self) -> None:
         """Refuse to share a state folder with a live launcher; kill a dead one's leftovers."""
